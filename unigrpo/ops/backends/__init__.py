@@ -1,0 +1,38 @@
+"""Kernel backends behind ``unigrpo.ops``.
+
+Every backend module (``torch_backend``, ``native``, ``triton``) implements the
+same four raw, autograd-free functions. The public ops in ``unigrpo.ops`` build
+every op (forward and backward) from these four, so a backend is only these
+kernels; validation, autograd and the O(N)/O(B) per-row epilogues live once, in
+``unigrpo.ops``. Inputs reach a backend already validated: right devices, ids in
+[0, V), contiguous rows (logits may have a row stride > V), fp32 per-row vectors.
+
+Token side (logits: (N, V) fp32/fp16/bf16, ids: (N,) int64, math in fp32):
+
+  logprob_forward(logits, ids, inv_temp, want_entropy)
+      z = logits.float() * inv_temp; lse = logsumexp(z, -1)
+      -> logp = z[ids] - lse, lse, entropy = lse - sum(softmax(z) * z) or None
+      all (N,) fp32; one online pass over V, nothing (N, V) allocated.
+
+  logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy, entropy)
+      p = exp(z - lse)
+      grad = inv_temp * (grad_logp * (onehot(ids) - p)
+                         - grad_entropy * p * (z - lse + entropy))
+      -> (N, V) contiguous, dtype of logits. grad_entropy/entropy may be None.
+
+Image side (x, x_next, v, v_ref: (B, D), one dtype among fp32/fp16/bf16;
+weight: None, (D,) or (B, D) of that dtype; cx, cv, a, b: (B,) fp32):
+
+  flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
+      s1[b] = sum_d (x_next - cx[b] * x - cv[b] * v)^2        if want_s1
+      s2[b] = sum_d w * (v - v_ref)^2   (w = 1 without weight) if want_s2
+      -> (s1 or None, s2 or None), (B,) fp32. Tensors a term does not use may be None.
+
+  flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b)
+      grad[b, d] = a[b] * (x_next - cx[b] * x - cv[b] * v) + b[b] * w * (v - v_ref)
+      -> (B, D), dtype of v. a is None -> first term absent; b is None -> second.
+
+The SDE-step log-likelihood, velocity MSE and the FlowGRPO step loss are all
+"per-row sums forward, per-row affine combination backward", which is why two
+kernels serve all of them (see unigrpo/ops/sde.py).
+"""

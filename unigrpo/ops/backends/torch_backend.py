@@ -1,0 +1,58 @@
+"""The four backend kernels in plain PyTorch: the backend of last resort and the
+readable statement of what the native and Triton kernels compute. Unlike those,
+it materialises (N, V) temporaries."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+name = "torch"
+
+
+def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: bool):
+    z = logits.float() * inv_temp
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, ids[:, None]).squeeze(-1) - lse
+    entropy = None
+    if want_entropy:
+        p = torch.exp(z - lse[:, None])
+        entropy = lse - (p * z).sum(-1)
+    return logp, lse, entropy
+
+
+def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, entropy=None):
+    z = logits.float() * inv_temp
+    p = torch.exp(z - lse[:, None])
+    grad = -grad_logp[:, None] * p
+    grad.scatter_add_(-1, ids[:, None], grad_logp[:, None])
+    if grad_entropy is not None:
+        grad -= grad_entropy[:, None] * p * (z - lse[:, None] + entropy[:, None])
+    return (grad * inv_temp).to(logits.dtype)
+
+
+def _residual(x, x_next, v, cx, cv):
+    return x_next.float() - cx[:, None] * x.float() - cv[:, None] * v.float()
+
+
+def _weighted_diff(v, v_ref, weight):
+    d = v.float() - v_ref.float()
+    return d if weight is None else d * weight.float()
+
+
+def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
+    s1 = _residual(x, x_next, v, cx, cv).square().sum(-1) if want_s1 else None
+    s2 = None
+    if want_s2:
+        d = v.float() - v_ref.float()
+        s2 = (d * _weighted_diff(v, v_ref, weight)).sum(-1)
+    return s1, s2
+
+
+def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
+    grad = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    if a is not None:
+        grad += a[:, None] * _residual(x, x_next, v, cx, cv)
+    if b is not None:
+        grad += b[:, None] * _weighted_diff(v, v_ref, weight)
+    return grad.to(v.dtype)
