@@ -1,0 +1,172 @@
+"""Triton kernels for per-token log-probabilities (and entropy) over a vocabulary.
+
+Contract (see ``unigrpo/ops/backends/__init__.py``), math in fp32 for
+fp32/fp16/bf16 logits whose rows are contiguous (row stride may exceed V):
+
+  forward   z = logits * inv_temp, lse = logsumexp(z), logp = z[id] - lse,
+            entropy = lse - sum(softmax(z) * z)
+  backward  p = exp(z - lse)
+            grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (z - lse + H))
+
+The forward is one program per row and a single online pass over V in BLOCK_V
+chunks: a running max ``m``, ``s = sum exp(z - m)`` and, for the entropy,
+``t = sum exp(z - m) * (z - m)``, all rescaled when the max grows. Then
+``lse = m + log(s)`` and ``H = log(s) - t / s``; accumulating ``z - m`` rather
+than ``z`` keeps the entropy accurate when |z| is large (no cancellation of two
+~|z|-sized terms). One exp per element. Nothing (N, V) is allocated.
+
+The backward is elementwise given lse: grid (N, cdiv(V, BLOCK_V)).
+
+Launchers take preallocated outputs and the launch configuration; choosing
+block sizes and allocating is the backend's job (``unigrpo.ops.backends.triton``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Finite "minus infinity" for the running max: keeps every rescale factor and
+# (m_old - m_new) * s product finite (0 * -inf would be NaN).
+_NEG_BIG = tl.constexpr(-3.0e38)
+
+# CUDA caps grid dims 1 and 2 at 65535; dim 0 allows 2**31 - 1.
+MAX_GRID_DIM1 = 65535
+
+
+@triton.jit
+def _logprob_fwd_kernel(
+    logits_ptr,
+    ids_ptr,
+    logp_ptr,
+    lse_ptr,
+    ent_ptr,
+    V,
+    stride_row,
+    inv_temp,
+    BLOCK_V: tl.constexpr,
+    WANT_ENTROPY: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    cols = tl.arange(0, BLOCK_V)
+
+    m = tl.full([], _NEG_BIG, tl.float32)  # running max of z
+    s = tl.zeros([], tl.float32)  # sum exp(z - m)
+    t = tl.zeros([], tl.float32)  # sum exp(z - m) * (z - m)   (entropy only)
+    for start in range(0, V, BLOCK_V):
+        offs = start + cols
+        mask = offs < V
+        x = tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        z = x * inv_temp
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        alpha = tl.exp(m - m_new)
+        d = z - m_new
+        e = tl.exp(d)  # 0 on masked lanes (z = -inf)
+        if WANT_ENTROPY:
+            # (m - m_new) * s re-centres the old t on the new max.
+            t = alpha * (t + (m - m_new) * s) + tl.sum(tl.where(e > 0, e * d, 0.0), axis=0)
+        s = s * alpha + tl.sum(e, axis=0)
+        m = m_new
+
+    log_s = tl.log(s)
+    lse = m + log_s
+    idx = tl.load(ids_ptr + row).to(tl.int64)
+    z_id = tl.load(row_ptr + idx).to(tl.float32) * inv_temp
+    tl.store(logp_ptr + row, z_id - lse)
+    tl.store(lse_ptr + row, lse)
+    if WANT_ENTROPY:
+        tl.store(ent_ptr + row, log_s - t / s)
+
+
+@triton.jit
+def _logprob_bwd_kernel(
+    logits_ptr,
+    ids_ptr,
+    lse_ptr,
+    grad_logp_ptr,
+    grad_ent_ptr,
+    ent_ptr,
+    grad_ptr,
+    V,
+    stride_row,
+    stride_grad_row,
+    inv_temp,
+    BLOCK_V: tl.constexpr,
+    HAS_ENTROPY: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask = offs < V
+    x = tl.load(logits_ptr + row * stride_row + offs, mask=mask, other=0.0).to(tl.float32)
+    z = x * inv_temp
+    lse = tl.load(lse_ptr + row)
+    g = tl.load(grad_logp_ptr + row)
+    idx = tl.load(ids_ptr + row).to(tl.int64)
+    p = tl.exp(z - lse)
+    grad = tl.where(offs == idx, g, 0.0) - g * p
+    if HAS_ENTROPY:
+        g_ent = tl.load(grad_ent_ptr + row)
+        ent = tl.load(ent_ptr + row)
+        # p == 0 where z = -inf: the term is 0 there, not 0 * -inf = NaN.
+        grad = grad - g_ent * tl.where(p > 0, p * (z - lse + ent), 0.0)
+    grad = grad * inv_temp
+    tl.store(grad_ptr + row * stride_grad_row + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def launch_logprob_forward(logits, ids, inv_temp, logp, lse, entropy, *, block_v, num_warps):
+    """Fill ``logp``, ``lse`` and (if not None) ``entropy`` (all (N,) fp32).
+
+    ``logits``: (N, V) with ``stride(1) == 1``; ``ids``: (N,) integer, contiguous.
+    ``block_v`` must be a power of two. ``entropy=None`` skips the entropy sums.
+    """
+    n, v = logits.shape
+    if n == 0:
+        return
+    want_entropy = entropy is not None
+    _logprob_fwd_kernel[(n,)](
+        logits,
+        ids,
+        logp,
+        lse,
+        entropy if want_entropy else lse,  # never written when WANT_ENTROPY is False
+        v,
+        logits.stride(0),
+        float(inv_temp),
+        BLOCK_V=block_v,
+        WANT_ENTROPY=want_entropy,
+        num_warps=num_warps,
+    )
+
+
+def launch_logprob_backward(
+    logits, ids, lse, inv_temp, grad_logp, grad_entropy, entropy, grad, *, block_v, num_warps
+):
+    """Fill ``grad`` ((N, V), rows contiguous, any float dtype) with d loss / d logits.
+
+    ``grad_entropy`` and ``entropy`` are both tensors or both None (no entropy term).
+    ``cdiv(V, block_v)`` must not exceed ``MAX_GRID_DIM1``.
+    """
+    n, v = logits.shape
+    if n == 0 or v == 0:
+        return
+    has_entropy = grad_entropy is not None
+    n_chunks = triton.cdiv(v, block_v)
+    if n_chunks > MAX_GRID_DIM1:
+        raise ValueError(f"block_v={block_v} gives {n_chunks} > {MAX_GRID_DIM1} chunks per row")
+    _logprob_bwd_kernel[(n, n_chunks)](
+        logits,
+        ids,
+        lse,
+        grad_logp,
+        grad_entropy if has_entropy else grad_logp,
+        entropy if has_entropy else lse,
+        grad,
+        v,
+        logits.stride(0),
+        grad.stride(0),
+        float(inv_temp),
+        BLOCK_V=block_v,
+        HAS_ENTROPY=has_entropy,
+        num_warps=num_warps,
+    )

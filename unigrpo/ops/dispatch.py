@@ -1,0 +1,64 @@
+"""Picks the kernel backend for a tensor's device.
+
+Order: the ``backend=`` argument, else the ``UNIGRPO_BACKEND`` environment
+variable, else the fastest available: on CUDA native > triton > torch, on CPU
+native > torch (Triton runs on CPU only under ``TRITON_INTERPRET=1``, when forced).
+A native extension that is missing or broken costs one warning and a fallback,
+never an import error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("native", "triton", "torch")
+_AUTO_ORDER = {"cuda": ("native", "triton", "torch"), "cpu": ("native", "torch")}
+# "torch_backend", not "torch": a module named torch inside the package confuses readers and tools
+_MODULE_FILES = {"native": "native", "triton": "triton", "torch": "torch_backend"}
+_modules: dict[str, ModuleType] = {}
+_warned: set[str] = set()
+
+
+def _module(name: str) -> ModuleType:
+    if name not in _modules:
+        _modules[name] = importlib.import_module(f"unigrpo.ops.backends.{_MODULE_FILES[name]}")
+    return _modules[name]
+
+
+def _available(name: str, device: torch.device) -> bool:
+    mod = _module(name)
+    return name == "torch" or mod.available_for(device)
+
+
+def _why_unavailable(name: str, device: torch.device) -> str:
+    err = getattr(_module(name), "load_error", None)
+    return err or f"it does not support {device.type} tensors in this environment"
+
+
+def get_backend(device: torch.device, backend: str | None = None) -> ModuleType:
+    """The backend module to run on ``device``; ``backend`` forces one by name."""
+    forced = backend or os.environ.get("UNIGRPO_BACKEND") or None
+    if forced is not None:
+        if forced not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {forced!r}")
+        if not _available(forced, device):
+            raise RuntimeError(f"backend {forced!r} was requested but is unavailable on "
+                               f"{device.type}: {_why_unavailable(forced, device)}")
+        return _module(forced)
+    for name in _AUTO_ORDER.get(device.type, ("torch",)):
+        if _available(name, device):
+            return _module(name)
+        if name == "native" and name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"unigrpo native kernels unavailable ({_why_unavailable(name, device)}); "
+                          "falling back to a slower backend", RuntimeWarning, stacklevel=3)
+    return _module("torch")
+
+
+def available_backends(device: torch.device) -> list[str]:
+    return [name for name in BACKENDS if _available(name, device)]

@@ -1,0 +1,96 @@
+"""Plain-PyTorch references of every op in ``unigrpo.ops``: the spec.
+
+Each is the formula of ../shared/METHOD.md written as directly as PyTorch allows,
+materialising whatever it needs. Tests check every backend against these, and
+benchmarks time the fast paths against them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .sde_coefficients import sde_coefficients
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, return_entropy: bool = False):
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, ids[:, None]).squeeze(-1)
+    if not return_entropy:
+        return logp
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def fused_linear_token_logprobs(hidden, weight, ids, temperature=1.0, bias=None, return_entropy=False):
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    return token_logprobs(logits, ids, temperature, return_entropy)
+
+
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_high: float) -> Tensor:
+    """-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), per element."""
+    return -torch.minimum(ratio * advantages, ratio.clamp(1 - eps_low, 1 + eps_high) * advantages)
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_token_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=None, ref_logp=None, beta=0.0):
+    """Per-token GRPO loss (N,) fp32, zero where mask is 0."""
+    eps_high = eps_low if eps_high is None else eps_high
+    ratio = torch.exp(logp - old_logp)
+    loss = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+    if ref_logp is not None and beta != 0.0:
+        loss = loss + beta * k3_kl(logp, ref_logp)
+    return loss * mask
+
+
+def sde_step(x, v, sigma, sigma_next, noise_level, noise):
+    """FlowGRPO SDE step; returns (x_next, mean, std (B,), logp (B,))."""
+    cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
+    mean = cx[:, None] * x.float() + cv[:, None] * v.float()
+    x_next = mean + std[:, None] * noise.float()
+    logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
+    return x_next.to(x.dtype), mean, std, logp
+
+
+def sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level):
+    """Per-sample Gaussian log-likelihood of x_next, mean over dims, (B,) fp32."""
+    cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
+    mean = cx[:, None] * x.float() + cv[:, None] * v.float()
+    lp = -((x_next.float() - mean) ** 2) / (2 * std[:, None] ** 2) - torch.log(std)[:, None] - LOG_SQRT_2PI
+    return lp.mean(-1)
+
+
+def velocity_mse(v, v_ref, weight=None):
+    d2 = (v.float() - v_ref.float()) ** 2
+    if weight is not None:
+        d2 = d2 * weight.float()
+    return d2.mean(-1)
+
+
+def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old_logp, advantages,
+                        clip_range=1e-4, beta=1.0, penalty="velocity_mse"):
+    """Per-row FlowGRPO clipped surrogate + penalty, (B,) fp32.
+
+    penalty: "velocity_mse" (UniGRPO: beta * mean((v - v_ref)^2)), "latent_kl"
+    (FlowGRPO: beta * mean((mean - mean_ref)^2) / (2 s^2)) or "none".
+    """
+    logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
+    loss = clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_range, clip_range)
+    if penalty == "velocity_mse":
+        loss = loss + beta * velocity_mse(v, v_ref)
+    elif penalty == "latent_kl":
+        cx, cv, _, s = sde_coefficients(sigma, sigma_next, noise_level)
+        mean = cx[:, None] * x.float() + cv[:, None] * v.float()
+        mean_ref = cx[:, None] * x.float() + cv[:, None] * v_ref.float()
+        loss = loss + beta * ((mean - mean_ref) ** 2).mean(-1) / (2 * s**2)
+    return loss

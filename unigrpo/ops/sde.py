@@ -1,0 +1,209 @@
+"""Image-side ops: SDE step and its log-likelihood, velocity MSE, and the
+FlowGRPO step loss.
+
+All of them are per-row sums over the latent dims in the forward pass and a
+per-row affine combination in the backward, so one autograd function over two
+backend kernels serves them all; what differs is an O(B) epilogue, below.
+Latents may have any trailing shape: (B, ...) is flattened to (B, D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .dispatch import get_backend
+from .reference import LOG_SQRT_2PI, clipped_surrogate
+from .sde_coefficients import sde_coefficients
+from .validation import as_f32_vector, check_nonempty, check_tensor
+
+PENALTIES = ("velocity_mse", "latent_kl", "none")
+
+
+class FlowRowSumsFn(torch.autograd.Function):
+    """v -> (s1, s2): s1 = sum_d (x_next - cx x - cv v)^2, s2 = sum_d w (v - v_ref)^2.
+
+    Differentiable w.r.t. v only (x, x_next come from the rollout, v_ref from
+    the frozen reference, and the schedule is not learned)."""
+
+    @staticmethod
+    def forward(ctx, v, x, x_next, cx, cv, v_ref, weight, want_s1, want_s2, backend):
+        s1, s2 = backend.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
+        ctx.save_for_backward(v, x, x_next, cx, cv, v_ref, weight)
+        ctx.backend = backend
+        return s1, s2
+
+    @staticmethod
+    def backward(ctx, grad_s1, grad_s2):
+        v, x, x_next, cx, cv, v_ref, weight = ctx.saved_tensors
+        a = None if grad_s1 is None else -2 * cv * grad_s1.float()  # d s1 / d v = -2 cv res
+        b = None if grad_s2 is None else 2 * grad_s2.float().contiguous()  # d s2 / d v = 2 w (v - v_ref)
+        if a is None and b is None:
+            return (None,) * 10
+        grad_v = ctx.backend.flow_row_grad(x, x_next, v, cx, cv, v_ref, weight,
+                                           None if a is None else a.contiguous(), b)
+        return (grad_v,) + (None,) * 9
+
+
+def _flat(name: str, t: Tensor, like: Tensor | None = None) -> Tensor:
+    if like is None:
+        check_tensor(name, t, t.dim() if isinstance(t, Tensor) and t.dim() >= 2 else 2)
+        check_nonempty(name, t)
+    else:
+        check_tensor(name, t, like.dim(), (like.dtype,), like.device, like.shape)
+    return t.reshape(t.shape[0], -1).contiguous()
+
+
+def _sigmas(sigma, sigma_next, b: int, device) -> tuple[Tensor, Tensor]:
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).expand(b) \
+        if not isinstance(sigma, Tensor) or sigma.dim() == 0 else as_f32_vector("sigma", sigma, b, device)
+    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float32, device=device).expand(b) \
+        if not isinstance(sigma_next, Tensor) or sigma_next.dim() == 0 \
+        else as_f32_vector("sigma_next", sigma_next, b, device)
+    if not (sigma.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if bool(((sigma <= 0) | (sigma > 1)).any()):
+            raise ValueError(f"sigma must lie in (0, 1], got values in [{sigma.min():.4g}, {sigma.max():.4g}]")
+        if bool(((sigma_next < 0) | (sigma_next >= sigma)).any()):
+            raise ValueError("sigma_next must satisfy 0 <= sigma_next < sigma (sigma runs 1 -> 0)")
+    return sigma, sigma_next
+
+
+def _noise_level(a: float, allow_zero: bool = False) -> float:
+    a = float(a)
+    if not (a > 0 or (allow_zero and a == 0)) or a == float("inf"):
+        raise ValueError(f"noise_level must be {'>= 0' if allow_zero else '> 0'} and finite, got {a}")
+    return a
+
+
+def _weight(weight, v: Tensor) -> Tensor | None:
+    if weight is None:
+        return None
+    check_tensor("weight", weight, weight.dim() if isinstance(weight, Tensor) else 1, None, v.device)
+    w = weight.to(v.dtype)
+    d = v.shape[1]
+    if w.numel() == d:
+        return w.reshape(d).contiguous()
+    if w.numel() == v.numel():
+        return w.reshape(v.shape).contiguous()
+    raise ValueError(f"weight must have one sample's shape ({d} elements) or the latents' shape, "
+                     f"got {tuple(weight.shape)}")
+
+
+def sde_step_logprob(x: Tensor, x_next: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7,
+                     backend: str | None = None) -> Tensor:
+    """Gaussian log-likelihood of x_next under the SDE step from x with velocity v.
+
+    x, x_next, v: (B, ...) one float dtype; sigma, sigma_next: (B,) or scalars.
+    Returns fp32 (B,): mean over dims of log N(x_next; mean, std^2).
+    Differentiable w.r.t. v.
+    """
+    v2 = _flat("v", v)
+    x2, xn2 = _flat("x", x, v), _flat("x_next", x_next, v)
+    sigma, sigma_next = _sigmas(sigma, sigma_next, v2.shape[0], v2.device)
+    cx, cv, std, _ = sde_coefficients(sigma, sigma_next, _noise_level(noise_level))
+    be = get_backend(v2.device, backend)
+    s1, _ = FlowRowSumsFn.apply(v2, x2, xn2, cx, cv, None, None, True, False, be)
+    return -s1 / (2 * std**2 * v2.shape[1]) - torch.log(std) - LOG_SQRT_2PI
+
+
+def sde_step(x: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7, noise: Tensor | None = None,
+             generator: torch.Generator | None = None, backend: str | None = None):
+    """One FlowGRPO SDE step (noise_level 0: the deterministic Euler step).
+
+    x, v: (B, ...) one float dtype; noise: like x (drawn from ``generator`` when
+    absent). Returns (x_next like x, mean fp32 like x, std (B,) fp32, logp (B,)
+    fp32). logp is computed from x_next as stored in x's dtype, exactly as the
+    training path recomputes it, so the first-update ratio is 1; it is None for
+    noise_level 0.
+    """
+    check_tensor("x", x, x.dim() if isinstance(x, Tensor) and x.dim() >= 2 else 2)
+    check_tensor("v", v, x.dim(), (x.dtype,), x.device, x.shape)
+    a = _noise_level(noise_level, allow_zero=True)
+    sigma, sigma_next = _sigmas(sigma, sigma_next, x.shape[0], x.device)
+    cx, cv, std, _ = sde_coefficients(sigma, sigma_next, a)
+    view = (-1,) + (1,) * (x.dim() - 1)
+    mean = cx.view(view) * x.float() + cv.view(view) * v.float()
+    if a == 0:
+        return mean.to(x.dtype), mean, std, None
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    else:
+        check_tensor("noise", noise, x.dim(), None, x.device, x.shape)
+    x_next = (mean + std.view(view) * noise.float()).to(x.dtype)
+    with torch.no_grad():
+        logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, a, backend)
+    return x_next, mean, std, logp
+
+
+def velocity_mse(v: Tensor, v_ref: Tensor, weight: Tensor | None = None, backend: str | None = None) -> Tensor:
+    """Per-sample mean over dims of weight * (v - v_ref)^2, fp32 (B,).
+
+    v, v_ref: (B, ...) one float dtype; weight: one sample's shape or v's shape.
+    Differentiable w.r.t. v."""
+    v2 = _flat("v", v)
+    vr2 = _flat("v_ref", v_ref, v)
+    be = get_backend(v2.device, backend)
+    _, s2 = FlowRowSumsFn.apply(v2, None, None, None, None, vr2, _weight(weight, v2), False, True, be)
+    return s2 / v2.shape[1]
+
+
+@dataclass
+class FlowStepLoss:
+    """loss: (B,) fp32 per-step loss (surrogate + penalty); logp: (B,) fp32;
+    penalty: (B,) fp32 unweighted penalty term (velocity MSE or latent KL);
+    velocity_mse: (B,) fp32 always; stats: 0-dim fp32 tensors (no host sync)."""
+
+    loss: Tensor
+    logp: Tensor
+    penalty: Tensor
+    velocity_mse: Tensor
+    stats: dict[str, Tensor]
+
+
+def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sigma, sigma_next,
+                        old_logp: Tensor, advantages: Tensor, *, noise_level: float = 0.7,
+                        clip_range: float = 1e-4, beta: float = 1.0, penalty: str = "velocity_mse",
+                        backend: str | None = None) -> FlowStepLoss:
+    """FlowGRPO clipped surrogate on one denoising step per row, plus a penalty.
+
+    v (policy velocity, differentiable), v_ref (frozen reference), x, x_next:
+    (B, ...) one float dtype; sigma, sigma_next: (B,) or scalars; old_logp,
+    advantages: (B,). penalty: "velocity_mse" (UniGRPO, beta * mean (v - v_ref)^2),
+    "latent_kl" (FlowGRPO, beta * mean (mean - mean_ref)^2 / (2 s^2)) or "none".
+    One kernel pass reads v, v_ref, x, x_next once for both sums.
+    """
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+    if not clip_range >= 0:
+        raise ValueError(f"clip_range must be >= 0, got {clip_range}")
+    v2 = _flat("v", v)
+    x2, xn2, vr2 = _flat("x", x, v), _flat("x_next", x_next, v), _flat("v_ref", v_ref, v)
+    b, d = v2.shape
+    sigma, sigma_next = _sigmas(sigma, sigma_next, b, v2.device)
+    old_logp = as_f32_vector("old_logp", old_logp, b, v2.device)
+    advantages = as_f32_vector("advantages", advantages, b, v2.device)
+    cx, cv, std, s = sde_coefficients(sigma, sigma_next, _noise_level(noise_level))
+    be = get_backend(v2.device, backend)
+    s1, s2 = FlowRowSumsFn.apply(v2, x2, xn2, cx, cv, vr2, None, True, True, be)
+
+    logp = -s1 / (2 * std**2 * d) - torch.log(std) - LOG_SQRT_2PI
+    ratio = torch.exp(logp - old_logp)
+    loss = clipped_surrogate(ratio, advantages, clip_range, clip_range)
+    vmse = s2 / d
+    # mean - mean_ref = cv (v - v_ref), so FlowGRPO's KL is a cv^2 / (2 s^2)-weighted velocity MSE
+    pen = {"velocity_mse": vmse, "latent_kl": cv**2 / (2 * s**2) * vmse, "none": torch.zeros_like(vmse)}[penalty]
+    if penalty != "none" and beta != 0.0:
+        loss = loss + beta * pen
+    with torch.no_grad():
+        r = ratio.detach()
+        stats = {
+            "clip_frac": (((r < 1 - clip_range) & (advantages < 0)) | ((r > 1 + clip_range) & (advantages > 0)))
+            .float().mean(),
+            "ratio_mean": r.mean(),
+            "ratio_max": r.max(),
+            "velocity_mse": vmse.detach().mean(),
+            "penalty": pen.detach().mean(),
+        }
+    return FlowStepLoss(loss, logp, pen, vmse, stats)
