@@ -65,7 +65,8 @@ def _logprob_fwd_kernel(
         e = tl.exp(d)  # 0 on masked lanes (z = -inf)
         if WANT_ENTROPY:
             # (m - m_new) * s re-centres the old t on the new max.
-            t = alpha * (t + (m - m_new) * s) + tl.sum(tl.where(e > 0, e * d, 0.0), axis=0)
+            # e == 0 where z = -inf (masked lanes): use d = 0 there, not 0 * -inf = NaN.
+            t = alpha * (t + (m - m_new) * s) + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
         s = s * alpha + tl.sum(e, axis=0)
         m = m_new
 

@@ -26,7 +26,13 @@ _warned: set[str] = set()
 
 def _module(name: str) -> ModuleType:
     if name not in _modules:
-        _modules[name] = importlib.import_module(f"unigrpo.ops.backends.{_MODULE_FILES[name]}")
+        try:
+            _modules[name] = importlib.import_module(f"unigrpo.ops.backends.{_MODULE_FILES[name]}")
+        except Exception as e:  # a backend module must never break `import unigrpo`
+            stub = ModuleType(name)
+            stub.load_error = f"{type(e).__name__}: {e}"
+            stub.available_for = lambda device: False
+            _modules[name] = stub
     return _modules[name]
 
 

@@ -17,8 +17,13 @@ from .sde_coefficients import sde_coefficients
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _f(t: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 for the math; fp32 and fp64 stay (fp64 for gradcheck)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, return_entropy: bool = False):
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp_all = torch.log_softmax(_f(logits) / temperature, dim=-1)
     logp = logp_all.gather(-1, ids[:, None]).squeeze(-1)
     if not return_entropy:
         return logp
@@ -56,8 +61,8 @@ def grpo_token_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=None
 def sde_step(x, v, sigma, sigma_next, noise_level, noise):
     """FlowGRPO SDE step; returns (x_next, mean, std (B,), logp (B,))."""
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
-    mean = cx[:, None] * x.float() + cv[:, None] * v.float()
-    x_next = mean + std[:, None] * noise.float()
+    mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
+    x_next = mean + std[:, None] * _f(noise)
     logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
     return x_next.to(x.dtype), mean, std, logp
 
@@ -65,15 +70,15 @@ def sde_step(x, v, sigma, sigma_next, noise_level, noise):
 def sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level):
     """Per-sample Gaussian log-likelihood of x_next, mean over dims, (B,) fp32."""
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
-    mean = cx[:, None] * x.float() + cv[:, None] * v.float()
-    lp = -((x_next.float() - mean) ** 2) / (2 * std[:, None] ** 2) - torch.log(std)[:, None] - LOG_SQRT_2PI
+    mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
+    lp = -((_f(x_next) - mean) ** 2) / (2 * std[:, None] ** 2) - torch.log(std)[:, None] - LOG_SQRT_2PI
     return lp.mean(-1)
 
 
 def velocity_mse(v, v_ref, weight=None):
-    d2 = (v.float() - v_ref.float()) ** 2
+    d2 = (_f(v) - _f(v_ref)) ** 2
     if weight is not None:
-        d2 = d2 * weight.float()
+        d2 = d2 * _f(weight)
     return d2.mean(-1)
 
 
@@ -90,7 +95,7 @@ def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old
         loss = loss + beta * velocity_mse(v, v_ref)
     elif penalty == "latent_kl":
         cx, cv, _, s = sde_coefficients(sigma, sigma_next, noise_level)
-        mean = cx[:, None] * x.float() + cv[:, None] * v.float()
-        mean_ref = cx[:, None] * x.float() + cv[:, None] * v_ref.float()
+        mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
+        mean_ref = cx[:, None] * _f(x) + cv[:, None] * _f(v_ref)
         loss = loss + beta * ((mean - mean_ref) ** 2).mean(-1) / (2 * s**2)
     return loss

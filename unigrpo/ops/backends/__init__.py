@@ -11,8 +11,14 @@ Token side (logits: (N, V) fp32/fp16/bf16, ids: (N,) int64, math in fp32):
 
   logprob_forward(logits, ids, inv_temp, want_entropy)
       z = logits.float() * inv_temp; lse = logsumexp(z, -1)
-      -> logp = z[ids] - lse, lse, entropy = lse - sum(softmax(z) * z) or None
+      -> logp = (z[ids] - m) - log(s), lse = m + log(s), entropy = sum(softmax(z) * (lse - z)) or None
+      where m = max(z), s = sum exp(z - m): logp from (z - m), not z - lse, keeps
+      it exact to fp32 when |z| is large (lse's own rounding is ~|z| * 6e-8).
       all (N,) fp32; one online pass over V, nothing (N, V) allocated.
+      Compute the entropy without cancellation: with running max m and
+      s = sum exp(z - m), keep u = sum exp(z - m) * (m - z) >= 0 (rescaled as
+      u <- exp(m - m') * (u + s * (m' - m)) when the max moves to m'); then
+      entropy = log(s) + u / s. (lse - sum(p z) loses ~|z| * 1e-7 to cancellation.)
 
   logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy, entropy)
       p = exp(z - lse)

@@ -12,12 +12,14 @@ name = "torch"
 
 def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: bool):
     z = logits.float() * inv_temp
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(-1, ids[:, None]).squeeze(-1) - lse
+    m = z.amax(-1, keepdim=True)
+    log_s = torch.log(torch.exp(z - m).sum(-1))
+    logp = (z.gather(-1, ids[:, None]) - m).squeeze(-1) - log_s
+    lse = m.squeeze(-1) + log_s
     entropy = None
     if want_entropy:
         p = torch.exp(z - lse[:, None])
-        entropy = lse - (p * z).sum(-1)
+        entropy = (p * (lse[:, None] - z)).sum(-1)  # a sum of terms >= 0: no cancellation
     return logp, lse, entropy
 
 
