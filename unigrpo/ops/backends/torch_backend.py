@@ -13,13 +13,14 @@ name = "torch"
 def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: bool):
     z = logits.float() * inv_temp
     m = z.amax(-1, keepdim=True)
-    log_s = torch.log(torch.exp(z - m).sum(-1))
+    e = torch.exp(z - m)
+    s = e.sum(-1)
+    log_s = torch.log(s)
     logp = (z.gather(-1, ids[:, None]) - m).squeeze(-1) - log_s
     lse = m.squeeze(-1) + log_s
     entropy = None
     if want_entropy:
-        p = torch.exp(z - lse[:, None])
-        entropy = (p * (lse[:, None] - z)).sum(-1)  # a sum of terms >= 0: no cancellation
+        entropy = log_s + (e * (m - z)).sum(-1) / s  # terms >= 0: no cancellation
     return logp, lse, entropy
 
 

@@ -66,7 +66,7 @@ BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 GRID: int = 3
 #: the largest number of objects of one kind a prompt asks for.
 MAX_COUNT: int = 4
-NUMBER_WORDS: dict[int, str] = {0: "no", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")
 RELATION_WORDS: dict[str, str] = {
