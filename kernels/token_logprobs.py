@@ -99,7 +99,8 @@ def _logprob_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = offs < V
-    x = tl.load(logits_ptr + row * stride_row + offs, mask=mask, other=0.0).to(tl.float32)
+    # Masked lanes read -inf, so p = 0 there (no overflow; they are not stored).
+    x = tl.load(logits_ptr + row * stride_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
     z = x * inv_temp
     lse = tl.load(lse_ptr + row)
     g = tl.load(grad_logp_ptr + row)
@@ -110,7 +111,7 @@ def _logprob_bwd_kernel(
         g_ent = tl.load(grad_ent_ptr + row)
         ent = tl.load(ent_ptr + row)
         # p == 0 where z = -inf: the term is 0 there, not 0 * -inf = NaN.
-        grad = grad - g_ent * tl.where(p > 0, p * (z - lse + ent), 0.0)
+        grad = grad - g_ent * p * tl.where(p > 0, z - lse + ent, 0.0)
     grad = grad * inv_temp
     tl.store(grad_ptr + row * stride_grad_row + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 

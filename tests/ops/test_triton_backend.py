@@ -99,7 +99,7 @@ def _check_token(logits, ids, inv_temp, want_entropy, seed=1):
         assert out[2].dtype == torch.float32 and out[2].shape == (n,)
         # The reference computes lse - sum(p z) (cancellation ~ eps * |z|); the
         # kernel centres on the running max, so allow the reference's error.
-        torch.testing.assert_close(out[2], exp[2], rtol=1e-5, atol=4e-6 * scale * max(1.0, v**0.5))
+        torch.testing.assert_close(out[2], exp[2], rtol=1e-5, atol=2e-6 * scale)
     else:
         assert out[2] is None
 

@@ -22,6 +22,11 @@ def _f(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _rows(t: Tensor) -> Tensor:
+    """(B, ...) latents as (B, D)."""
+    return t.reshape(t.shape[0], -1)
+
+
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, return_entropy: bool = False):
     logp_all = torch.log_softmax(_f(logits) / temperature, dim=-1)
     logp = logp_all.gather(-1, ids[:, None]).squeeze(-1)
@@ -59,16 +64,17 @@ def grpo_token_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=None
 
 
 def sde_step(x, v, sigma, sigma_next, noise_level, noise):
-    """FlowGRPO SDE step; returns (x_next, mean, std (B,), logp (B,))."""
+    """FlowGRPO SDE step on (B, ...) latents; returns (x_next, mean, std (B,), logp (B,))."""
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
-    mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
-    x_next = mean + std[:, None] * _f(noise)
+    mean = cx[:, None] * _f(_rows(x)) + cv[:, None] * _f(_rows(v))
+    x_next = (mean + std[:, None] * _f(_rows(noise))).to(x.dtype)
     logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
-    return x_next.to(x.dtype), mean, std, logp
+    return x_next.reshape(x.shape), mean.reshape(x.shape), std, logp
 
 
 def sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level):
     """Per-sample Gaussian log-likelihood of x_next, mean over dims, (B,) fp32."""
+    x, x_next, v = _rows(x), _rows(x_next), _rows(v)
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
     mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
     lp = -((_f(x_next) - mean) ** 2) / (2 * std[:, None] ** 2) - torch.log(std)[:, None] - LOG_SQRT_2PI
@@ -76,6 +82,9 @@ def sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level):
 
 
 def velocity_mse(v, v_ref, weight=None):
+    """weight: None or of v's shape."""
+    v, v_ref = _rows(v), _rows(v_ref)
+    weight = None if weight is None else _rows(weight)
     d2 = (_f(v) - _f(v_ref)) ** 2
     if weight is not None:
         d2 = d2 * _f(weight)
@@ -89,6 +98,7 @@ def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old
     penalty: "velocity_mse" (UniGRPO: beta * mean((v - v_ref)^2)), "latent_kl"
     (FlowGRPO: beta * mean((mean - mean_ref)^2) / (2 s^2)) or "none".
     """
+    x, x_next, v, v_ref = _rows(x), _rows(x_next), _rows(v), _rows(v_ref)
     logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
     loss = clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_range, clip_range)
     if penalty == "velocity_mse":

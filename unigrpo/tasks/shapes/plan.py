@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class PlanObject:
     """One object in grid cell (``x`` column, ``y`` row)."""
 
@@ -98,7 +98,7 @@ def parse_plan(text: str) -> Plan:
 
     The empty string parses to the empty plan.  Objects may come in any order;
     the result is canonical, so ``parse_plan(t).to_text()`` normalises ``t``."""
-    words = tokenize(text)
+    words = tokenize(text.replace(PLAN_SEP, f" {PLAN_SEP} ").replace(PLAN_AT, f" {PLAN_AT} "))
     if not words:
         return Plan()
     chunks: list[list[str]] = [[]]
