@@ -3,17 +3,18 @@
 Contract (see ``unigrpo/ops/backends/__init__.py``), math in fp32 for
 fp32/fp16/bf16 logits whose rows are contiguous (row stride may exceed V):
 
-  forward   z = logits * inv_temp, lse = logsumexp(z), logp = z[id] - lse,
-            entropy = lse - sum(softmax(z) * z)
+  forward   z = logits * inv_temp, m = max(z), s = sum exp(z - m),
+            logp = (z[id] - m) - log(s), lse = m + log(s),
+            entropy = log(s) + u / s,  u = sum exp(z - m) * (m - z) >= 0
   backward  p = exp(z - lse)
             grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (z - lse + H))
 
 The forward is one program per row and a single online pass over V in BLOCK_V
-chunks: a running max ``m``, ``s = sum exp(z - m)`` and, for the entropy,
-``t = sum exp(z - m) * (z - m)``, all rescaled when the max grows. Then
-``lse = m + log(s)`` and ``H = log(s) - t / s``; accumulating ``z - m`` rather
-than ``z`` keeps the entropy accurate when |z| is large (no cancellation of two
-~|z|-sized terms). One exp per element. Nothing (N, V) is allocated.
+chunks, keeping the running max ``m``, ``s`` and (entropy only) ``u``; when the
+max grows to m', ``s <- exp(m - m') s`` and ``u <- exp(m - m') (u + s (m' - m))``.
+``logp`` is taken from ``z[id] - m`` (not ``z[id] - lse``) and the entropy from
+non-negative terms, so neither loses ~|z| * 1e-7 to cancellation when |z| is
+large. One exp per element. Nothing (N, V) is allocated.
 
 The backward is elementwise given lse: grid (N, cdiv(V, BLOCK_V)).
 
@@ -27,7 +28,7 @@ import triton
 import triton.language as tl
 
 # Finite "minus infinity" for the running max: keeps every rescale factor and
-# (m_old - m_new) * s product finite (0 * -inf would be NaN).
+# s * (m_new - m_old) product finite (0 * inf would be NaN).
 _NEG_BIG = tl.constexpr(-3.0e38)
 
 # CUDA caps grid dims 1 and 2 at 65535; dim 0 allows 2**31 - 1.
@@ -53,7 +54,7 @@ def _logprob_fwd_kernel(
 
     m = tl.full([], _NEG_BIG, tl.float32)  # running max of z
     s = tl.zeros([], tl.float32)  # sum exp(z - m)
-    t = tl.zeros([], tl.float32)  # sum exp(z - m) * (z - m)   (entropy only)
+    u = tl.zeros([], tl.float32)  # sum exp(z - m) * (m - z) >= 0   (entropy only)
     for start in range(0, V, BLOCK_V):
         offs = start + cols
         mask = offs < V
@@ -61,23 +62,21 @@ def _logprob_fwd_kernel(
         z = x * inv_temp
         m_new = tl.maximum(m, tl.max(z, axis=0))
         alpha = tl.exp(m - m_new)
-        d = z - m_new
-        e = tl.exp(d)  # 0 on masked lanes (z = -inf)
+        d = m_new - z  # >= 0; +inf on masked lanes
+        e = tl.exp(-d)  # 0 on masked lanes
         if WANT_ENTROPY:
-            # (m - m_new) * s re-centres the old t on the new max.
-            # e == 0 where z = -inf (masked lanes): use d = 0 there, not 0 * -inf = NaN.
-            t = alpha * (t + (m - m_new) * s) + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
+            # e == 0 where z = -inf (masked lanes): use d = 0 there, not 0 * inf = NaN.
+            u = alpha * (u + s * (m_new - m)) + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
         s = s * alpha + tl.sum(e, axis=0)
         m = m_new
 
     log_s = tl.log(s)
-    lse = m + log_s
     idx = tl.load(ids_ptr + row).to(tl.int64)
     z_id = tl.load(row_ptr + idx).to(tl.float32) * inv_temp
-    tl.store(logp_ptr + row, z_id - lse)
-    tl.store(lse_ptr + row, lse)
+    tl.store(logp_ptr + row, (z_id - m) - log_s)
+    tl.store(lse_ptr + row, m + log_s)
     if WANT_ENTROPY:
-        tl.store(ent_ptr + row, log_s - t / s)
+        tl.store(ent_ptr + row, log_s + u / s)
 
 
 @triton.jit

@@ -2,11 +2,13 @@
 
 Geometry: the image is split into ``GRID x GRID`` cells (integer pixel
 edges ``round(i * W / GRID)``); an object is drawn inside its cell shrunk by a
-1-pixel margin, so objects in different cells never touch.  With an ``rng``
-each object's size is drawn in ``[0.85, 1] *`` the inner cell side and its
-position uniformly where it still fits; without one it is centred at size
-0.925.  Shapes: filled disc, axis-aligned square, upward isosceles triangle
-(base = height = size).  A pixel is painted when its centre lies inside.
+1-pixel margin, so objects in different cells never touch.  Each object
+occupies an integer ``s x s`` pixel box: with an ``rng``, ``s`` is uniform in
+``[min(side, max(7, round(0.8 * side))), side]`` (``side``: the inner cell
+side; so 7..9 pixels at 32x32: smaller discs pixelate to near-squares) and the box's integer offset uniform where it fits; without one,
+``s = side - 1`` centred.  Shapes: filled disc, square, upward isosceles
+triangle (base = height = ``s``); a pixel is painted when its centre lies
+inside.  Integer boxes keep the pixelated shapes few and distinct.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .vocab import BACKGROUND, COLORS, GRID
 
 __all__ = ["cell_bounds", "render_plan", "render_plans", "render_prompts"]
 
-_SIZE_RANGE = (0.85, 1.0)
+_MIN_SIZE = 0.8
+_MIN_PIXELS = 7
 _MARGIN = 1
 
 
@@ -64,14 +67,14 @@ def render_plan(plan: Plan, rng: np.random.Generator | None = None,
         y0, y1 = ys[o.y] + _MARGIN, ys[o.y + 1] - _MARGIN
         side = min(x1 - x0, y1 - y0)
         if rng is None:
-            s = side * 0.925
-            cx, cy = (x1 - x0) / 2.0, (y1 - y0) / 2.0
+            s = max(side - 1, 1)
+            ox, oy = (x1 - x0 - s) // 2, (y1 - y0 - s) // 2
         else:
-            s = side * rng.uniform(*_SIZE_RANGE)
-            cx = s / 2.0 + rng.uniform(0.0, (x1 - x0) - s)
-            cy = s / 2.0 + rng.uniform(0.0, (y1 - y0) - s)
-        m = _mask(o.shape, y1 - y0, x1 - x0, cx, cy, s)
-        img[y0:y1, x0:x1][m] = COLORS[o.color]
+            s = int(rng.integers(min(side, max(_MIN_PIXELS, round(_MIN_SIZE * side))), side + 1))
+            ox = int(rng.integers(0, x1 - x0 - s + 1))
+            oy = int(rng.integers(0, y1 - y0 - s + 1))
+        m = _mask(o.shape, s, s, s / 2.0, s / 2.0, s)
+        img[y0 + oy:y0 + oy + s, x0 + ox:x0 + ox + s][m] = COLORS[o.color]
     if noise > 0:
         if rng is None:
             raise ValueError("noise > 0 needs an rng")

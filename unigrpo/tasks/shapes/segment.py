@@ -22,6 +22,10 @@ __all__ = ["Detections", "as_float_images", "classify_pixels", "label_components
 
 #: shape ids: index into ``SHAPES``; -1 = unclassifiable blob.
 _CIRCLE, _SQUARE, _TRIANGLE = (SHAPES.index(s) for s in ("circle", "square", "triangle"))
+#: RGB corner code (4r + 2g + b for binarised channels) -> class (0 background, k + 1 colour k).
+_CODE_TO_CLASS = np.zeros(8, np.uint8)
+for _k, _rgb in enumerate(PALETTE):
+    _CODE_TO_CLASS[int(_rgb[0] > 127) * 4 + int(_rgb[1] > 127) * 2 + int(_rgb[2] > 127)] = _k + 1
 
 
 def as_float_images(images) -> np.ndarray:
@@ -39,17 +43,20 @@ def as_float_images(images) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def classify_pixels(images, color_tol: float = 0.45) -> np.ndarray:
+def classify_pixels(images, color_tol: float = 0.4) -> np.ndarray:
     """Palette index per pixel: uint8 (B, H, W), 0 = background, k + 1 =
-    ``COLOR_NAMES[k]``.  A pixel is coloured iff its nearest reference among
-    {black, palette} is a palette colour at RGB distance < ``color_tol``."""
+    ``COLOR_NAMES[k]``.
+
+    The palette and the black background are corners of the RGB cube, so the
+    nearest reference in max-norm is each channel rounded at 0.5; a pixel gets
+    that colour iff it is a palette colour and every channel is within
+    ``color_tol`` of it (``color_tol < 0.5`` leaves ambiguous, e.g. blurred
+    edge, pixels as background; 0.5 accepts every pixel)."""
     x = as_float_images(images)
-    refs = np.concatenate([np.zeros((1, 3)), PALETTE / 255.0]).astype(np.float32)  # (K+1, 3)
-    flat = x.reshape(-1, 3)
-    d2 = (flat * flat).sum(1, keepdims=True) - 2.0 * flat @ refs.T + (refs * refs).sum(1)
-    best = d2.argmin(1)
-    ok = (best > 0) & (d2[np.arange(len(best)), best] < color_tol * color_tol)
-    return np.where(ok, best, 0).astype(np.uint8).reshape(x.shape[:3])
+    hi = x > 0.5
+    code = (hi[..., 0] * np.uint8(4) + hi[..., 1] * np.uint8(2) + hi[..., 2]).astype(np.uint8)
+    sure = (np.abs(x - hi) < color_tol).all(-1)
+    return np.where(sure, _CODE_TO_CLASS[code], 0).astype(np.uint8)
 
 
 def label_components(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +144,7 @@ def _classify_shapes(area, w, h, fill, tb) -> np.ndarray:
     return out
 
 
-def detect(images, color_tol: float = 0.45, min_area: int = 6) -> Detections:
+def detect(images, color_tol: float = 0.4, min_area: int = 6) -> Detections:
     """Detect coloured objects in images (see :func:`as_float_images` for the
     accepted input).  Components with fewer than ``min_area`` pixels are dropped."""
     cls = classify_pixels(images, color_tol)

@@ -1,0 +1,56 @@
+"""Image-side ops at 640 rows x 3072 dims: sde_step_logprob, velocity_mse and
+flow_grpo_step_loss, each backend beside the reference, fwd and fwd+bwd."""
+
+import pytest
+import torch
+from benchutil import DEVICE, impls, run
+
+from unigrpo import ops
+from unigrpo.ops import reference as R
+
+B, D = 640, 3072
+DTYPE = torch.float32 if DEVICE == "cpu" else torch.bfloat16
+
+
+def _inputs():
+    sig = torch.linspace(1.0, 0.1, B, device=DEVICE)
+    nxt = sig - 0.09
+    x, v, vr, noise = (torch.randn(B, D, device=DEVICE).to(DTYPE) for _ in range(4))
+    xn = ops.sde_step(x, v, sig, nxt, 0.7, noise=noise)[0]
+    old = ops.sde_step_logprob(x, xn, v, sig, nxt, 0.7)
+    return dict(v=v.requires_grad_(True), vr=vr, x=x, xn=xn, sig=sig, nxt=nxt, old=old,
+                adv=torch.randn(B, device=DEVICE))
+
+
+def _call(op, impl, t):
+    if op == "sde_step_logprob":
+        if impl == "reference":
+            return R.sde_step_logprob(t["x"], t["xn"], t["v"], t["sig"], t["nxt"], 0.7)
+        return ops.sde_step_logprob(t["x"], t["xn"], t["v"], t["sig"], t["nxt"], 0.7, backend=impl)
+    if op == "velocity_mse":
+        if impl == "reference":
+            return R.velocity_mse(t["v"], t["vr"])
+        return ops.velocity_mse(t["v"], t["vr"], backend=impl)
+    if impl == "reference":
+        return R.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], 0.7, t["old"],
+                                     t["adv"], 1e-4, 1.0)
+    return ops.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], t["old"], t["adv"],
+                                   backend=impl).loss
+
+
+@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("op", ["sde_step_logprob", "velocity_mse", "flow_grpo_step_loss"])
+def bench_image_side(benchmark, op, passes, impl):
+    t = _inputs()
+    benchmark.group = f"{op} B={B} D={D} {DTYPE} {passes}"
+
+    def step():
+        if passes == "fwd":
+            with torch.no_grad():
+                _call(op, impl, t)
+        else:
+            _call(op, impl, t).sum().backward()
+            t["v"].grad = None
+
+    run(benchmark, step, rounds=10 if DEVICE == "cpu" else 50)
