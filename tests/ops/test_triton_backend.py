@@ -57,7 +57,7 @@ if _interp_bf16_ok():
 
 # Tolerance for values rounded to a 16-bit output dtype (1-2 ulp disagreements).
 _OUT_TOL = {
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float32: dict(rtol=1e-5, atol=5e-6),
     torch.float16: dict(rtol=2e-3, atol=1e-5),
     torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4),
 }
@@ -83,23 +83,18 @@ def _logits(n, v, dtype, strided, extreme=False, seed=0):
     return logits, ids
 
 
-def _scale(logits, inv_temp):
-    return 1.0 + logits.float().abs().max().item() * inv_temp
-
-
 def _check_token(logits, ids, inv_temp, want_entropy, seed=1):
     n, v = logits.shape
-    scale = _scale(logits, inv_temp)
     out = tb.logprob_forward(logits, ids, inv_temp, want_entropy)
     exp = ref.logprob_forward(logits, ids, inv_temp, want_entropy)
-    for got, want in zip(out[:2], exp[:2]):
+    for got in out[:2] + (out[2:] if want_entropy else ()):
         assert got.dtype == torch.float32 and got.shape == (n,)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6 * scale)
+    # Both compute logp from (z - max) and the entropy from non-negative terms,
+    # so neither tolerance grows with |z| (lse itself is rounded at |lse|).
+    torch.testing.assert_close(out[0], exp[0], rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(out[1], exp[1], rtol=1e-6, atol=1e-5)
     if want_entropy:
-        assert out[2].dtype == torch.float32 and out[2].shape == (n,)
-        # The reference computes lse - sum(p z) (cancellation ~ eps * |z|); the
-        # kernel centres on the running max, so allow the reference's error.
-        torch.testing.assert_close(out[2], exp[2], rtol=1e-5, atol=2e-6 * scale)
+        torch.testing.assert_close(out[2], exp[2], rtol=1e-5, atol=1e-5)
     else:
         assert out[2] is None
 
@@ -110,9 +105,7 @@ def _check_token(logits, ids, inv_temp, want_entropy, seed=1):
     got = tb.logprob_backward(logits, ids, exp[1], inv_temp, grad_logp, grad_ent, ent)
     want = ref.logprob_backward(logits, ids, exp[1], inv_temp, grad_logp, grad_ent, ent)
     assert got.dtype == logits.dtype and got.shape == (n, v) and got.is_contiguous()
-    tol = dict(_OUT_TOL[logits.dtype])
-    tol["atol"] = tol["atol"] * scale
-    torch.testing.assert_close(got.float(), want.float(), **tol)
+    torch.testing.assert_close(got.float(), want.float(), **_OUT_TOL[logits.dtype])
 
 
 # ------------------------------------------------------------------ module

@@ -59,7 +59,7 @@ def _kernels():
 def available_for(device) -> bool:
     """Whether this backend can run on ``device`` (a torch.device, str or Tensor).
 
-    CUDA: whenever triton and the kernels import. CPU: only with
+    CUDA: whenever CUDA is usable and triton and the kernels import. CPU: only with
     ``TRITON_INTERPRET=1`` set, and only if the kernels were (or are now) defined
     under the interpreter.
     """
@@ -69,6 +69,8 @@ def available_for(device) -> bool:
     if load_error is not None:
         return False
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
         try:
             _kernels()
         except RuntimeError:

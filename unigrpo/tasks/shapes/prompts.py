@@ -138,7 +138,7 @@ def _mixed_riddle():
             continue
         rel = RELATIONS[rng.integers(len(RELATIONS))]
         text = f"{_describe(s1, c1, st1, rng)} {RELATION_WORDS[rel]} {_describe(s2, c2, st2, rng)}"
-        if text in seen or "the color of" not in text and "shape" not in text:
+        if text in seen or ("the color of" not in text and "shape" not in text):
             continue
         seen.add(text)
         yield Prompt(text, "mixed_riddle",

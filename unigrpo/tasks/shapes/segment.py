@@ -1,13 +1,15 @@
 """Object detection for the verifier: palette segmentation, connected
 components and shape features, vectorised over a whole batch (pure numpy).
 
-Pipeline: every pixel goes to its nearest palette colour if closer than
-``color_tol`` (RGB distance, channels in [0, 1]), else background; 4-connected
+Pipeline: every pixel goes to its nearest palette colour if within
+``color_tol`` in every channel (max-norm, channels in [0, 1]; the palette
+and the black background are RGB cube corners), else background; 4-connected
 same-colour components are found with a batched union-find (hooking + pointer
 jumping, no Python loop over pixels or images); components smaller than
 ``min_area`` pixels are dropped as noise; the rest are classified by bounding
-box fill ratio (square ~1, disc ~pi/4, triangle ~1/2) and top/bottom mass
-ratio (upward triangle ~1/3, others ~1); anything else is ``unknown`` (-1).
+box fill ratio (square ~1, disc ~pi/4, triangle ~1/2), top/bottom mass ratio
+(upward triangle ~1/3, others ~1) and aspect ratio; anything else is
+``unknown`` (-1).
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import numpy as np
 
 from .vocab import COLOR_NAMES, PALETTE, SHAPES
 
-__all__ = ["Detections", "as_float_images", "classify_pixels", "label_components", "detect"]
+__all__ = ["Detections", "as_float_images", "classify_pixels", "label_components", "detect",
+           "COLOR_TOL", "MIN_AREA"]
+
+#: default per-channel colour tolerance (< 0.5: blurred edge pixels halfway
+#: between a colour and the background stay background).
+COLOR_TOL = 0.45
+#: default minimum component area in pixels (smaller ones are noise); the
+#: smallest rendered object (7-pixel triangle) has 25.
+MIN_AREA = 6
 
 #: shape ids: index into ``SHAPES``; -1 = unclassifiable blob.
 _CIRCLE, _SQUARE, _TRIANGLE = (SHAPES.index(s) for s in ("circle", "square", "triangle"))
@@ -43,7 +53,7 @@ def as_float_images(images) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def classify_pixels(images, color_tol: float = 0.4) -> np.ndarray:
+def classify_pixels(images, color_tol: float = COLOR_TOL) -> np.ndarray:
     """Palette index per pixel: uint8 (B, H, W), 0 = background, k + 1 =
     ``COLOR_NAMES[k]``.
 
@@ -59,7 +69,7 @@ def classify_pixels(images, color_tol: float = 0.4) -> np.ndarray:
     return np.where(sure, _CODE_TO_CLASS[code], 0).astype(np.uint8)
 
 
-def label_components(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def label_components(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """4-connected components of equal non-zero values of ``cls`` (B, H, W),
     never crossing images.  Returns ``(fg, comp, first)``: ``fg`` int64 (M,) flat
     indices of the non-zero pixels in raster order, ``comp`` int64 (M,) their
@@ -133,18 +143,30 @@ class Detections:
         return out
 
 
-def _classify_shapes(area, w, h, fill, tb) -> np.ndarray:
+#: shape-rule thresholds (tuned on renders blurred with a 3x3 binomial kernel
+#: plus Gaussian pixel noise, see tests/tasks/test_shapes_verifier.py).
+TB_TRIANGLE = 0.72  # top/bottom mass ratio below this: upward triangle
+FILL_SQUARE = 0.87  # bbox fill at or above this (and symmetric): square
+FILL_MIN = 0.45  # below this nothing is a shape (lines, rings, scattered noise)
+FILL_CIRCLE_MIN = 0.6
+
+
+def _classify_shapes(w, h, fill, tb) -> np.ndarray:
+    """Shape id per component (-1 unknown) from bbox size, fill ratio and
+    top/bottom mass ratio.  Clean renders: square fill 1, disc 0.76-0.85,
+    triangle 0.51-0.57 with top/bottom 0.29-0.4 (discs and squares 1)."""
     aspect = w / h
-    sane = (w >= 3) & (h >= 3) & (aspect > 0.6) & (aspect < 1.67)
-    triangle = sane & (tb < 0.65) & (fill > 0.35) & (fill < 0.8)
-    square = sane & (tb >= 0.7) & (fill >= 0.88)
-    circle = sane & (tb >= 0.7) & (fill >= 0.6) & (fill < 0.88)
-    out = np.full(area.shape, -1, np.int64)
+    sane = (w >= 3) & (h >= 3) & (aspect > 0.6) & (aspect < 1.67) & (fill >= FILL_MIN)
+    symmetric = (tb >= TB_TRIANGLE) & (tb <= 1.0 / TB_TRIANGLE)
+    triangle = sane & (tb < TB_TRIANGLE) & (fill < FILL_SQUARE)
+    square = sane & symmetric & (fill >= FILL_SQUARE)
+    circle = sane & symmetric & (fill >= FILL_CIRCLE_MIN) & (fill < FILL_SQUARE)
+    out = np.full(w.shape, -1, np.int64)
     out[circle], out[square], out[triangle] = _CIRCLE, _SQUARE, _TRIANGLE
     return out
 
 
-def detect(images, color_tol: float = 0.4, min_area: int = 6) -> Detections:
+def detect(images, color_tol: float = COLOR_TOL, min_area: int = MIN_AREA) -> Detections:
     """Detect coloured objects in images (see :func:`as_float_images` for the
     accepted input).  Components with fewer than ``min_area`` pixels are dropped."""
     cls = classify_pixels(images, color_tol)
@@ -169,7 +191,7 @@ def detect(images, color_tol: float = 0.4, min_area: int = 6) -> Detections:
     keep = area >= min_area
     image = img_idx[first]
     color = cls.reshape(-1)[fg[first]].astype(np.int64) - 1
-    shape = _classify_shapes(area, bw, bh, fill, tb)
+    shape = _classify_shapes(bw, bh, fill, tb)
     sel = np.flatnonzero(keep)
     image = image[sel]
     return Detections(

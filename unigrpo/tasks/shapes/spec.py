@@ -7,7 +7,7 @@ any reasoning).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .vocab import COLOR_NAMES, GRID, MAX_COUNT, RELATIONS, SHAPES
@@ -116,7 +116,7 @@ class Prompt:
 
     text: str
     category: str
-    constraints: Constraints = field(compare=True)
+    constraints: Constraints
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "category": self.category, "constraints": self.constraints.to_dict()}
