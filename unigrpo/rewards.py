@@ -1,0 +1,94 @@
+"""Terminal rewards: any callable ``(images, prompts, metadata) -> scores``.
+
+images: uint8 (B, H, W, 3) tensor; prompts: B prompt strings; metadata: B
+per-round objects (whatever the task attached, e.g. the prompt's constraints).
+Several rewards combine with weights; each component is kept for logging. A
+reward that raises, or returns NaN or the wrong shape, is reported with the
+prompt that caused it, never swallowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+RewardFn = Callable[[Tensor, Sequence[str], Sequence[Any]], Any]
+
+__all__ = ["RewardFn", "RewardError", "WeightedRewards", "RewardResult", "shapes_verifier_reward"]
+
+
+class RewardError(RuntimeError):
+    """A reward function failed; names the reward and the prompt."""
+
+
+@dataclass
+class RewardResult:
+    """total: fp32 (B,) weighted sum; components: name -> fp32 (B,) unweighted scores;
+    details: name -> whatever the reward attached (e.g. a verifier breakdown) or None."""
+
+    total: Tensor
+    components: dict[str, Tensor]
+    details: dict[str, Any]
+
+
+class WeightedRewards:
+    """sum_i weight_i * reward_i(images, prompts, metadata).
+
+    ``rewards``: a mapping or sequence of (name, fn, weight). A fn may return a
+    tensor / array / list of B scores, or a (scores, details) tuple."""
+
+    def __init__(self, rewards: Sequence[tuple[str, RewardFn, float]]) -> None:
+        if not rewards:
+            raise ValueError("give at least one reward as (name, fn, weight)")
+        names = [name for name, _, _ in rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}")
+        for name, fn, weight in rewards:
+            if not callable(fn):
+                raise TypeError(f"reward {name!r} is not callable")
+            if not np.isfinite(weight):
+                raise ValueError(f"reward {name!r} has a non-finite weight {weight}")
+        self.rewards = list(rewards)
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any]) -> RewardResult:
+        b = images.shape[0]
+        if len(prompts) != b or len(metadata) != b:
+            raise ValueError(f"{b} images but {len(prompts)} prompts and {len(metadata)} metadata entries")
+        total = torch.zeros(b, dtype=torch.float32)
+        components, details = {}, {}
+        for name, fn, weight in self.rewards:
+            try:
+                out = fn(images, prompts, metadata)
+            except Exception as e:
+                raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} "
+                                  f"(batch of {b}; first prompt: {prompts[0]!r})") from e
+            scores, detail = out if isinstance(out, tuple) else (out, None)
+            scores = torch.as_tensor(np.asarray(scores, dtype=np.float32) if not isinstance(scores, Tensor)
+                                     else scores.detach().float().cpu())
+            if scores.shape != (b,):
+                raise RewardError(f"reward {name!r} returned shape {tuple(scores.shape)}, expected ({b},)")
+            bad = ~torch.isfinite(scores)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise RewardError(f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
+                                  f"(row {i}; {int(bad.sum())} non-finite in all)")
+            components[name], details[name] = scores, detail
+            total += weight * scores
+        return RewardResult(total, components, details)
+
+
+def shapes_verifier_reward(mode: str = "strict") -> RewardFn:
+    """The shapes task's verifier as a reward; metadata must hold each round's
+    :class:`unigrpo.tasks.shapes.Prompt`. Details: the verifier's breakdown."""
+    from .tasks.shapes import verifier
+
+    def reward(images, prompts, metadata):
+        scores, breakdown = verifier.score(images.cpu().numpy(), list(metadata), mode=mode)
+        return scores, breakdown
+
+    reward.__name__ = f"shapes_{mode}"
+    return reward

@@ -1,0 +1,79 @@
+"""Group rollouts: prompt -> sampled reasoning -> SDE-denoised image -> reward.
+
+Without CFG each round is one linear branch: one velocity per denoising step,
+with the text context's KV cache computed once per round and reused at every
+step. On CUDA the denoising step replays a captured CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..models.schedule import sigma_schedule
+from ..policy import UnifiedPolicy, concat_tokens
+from ..rewards import WeightedRewards
+from .batch import RolloutBatch
+from .config import RolloutConfig
+from .denoise import GraphedStep, denoise, draw_noise
+
+
+def train_step_mask(b: int, k: int, cfg: RolloutConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """bool (B, K): which denoising steps each round trains (FlowGRPO's timestep fraction)."""
+    n = max(1, round(cfg.timestep_fraction * k))
+    if cfg.timestep_window == "early":
+        mask = torch.zeros(b, k, dtype=torch.bool)
+        mask[:, :n] = True
+        return mask
+    order = torch.rand(b, k, generator=generator).argsort(1)
+    return order < n
+
+
+@torch.no_grad()
+def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Sequence[Any],
+                    rewards: WeightedRewards, cfg: RolloutConfig,
+                    generator: torch.Generator | None = None) -> RolloutBatch:
+    """G = cfg.num_generations rounds for each prompt, batched, rewards included.
+
+    prompts: P strings; metadata: P objects handed to the rewards (e.g. the
+    task's Prompt). ``generator`` (on the policy's device) seeds everything."""
+    cfg.validate()
+    if len(prompts) != len(metadata):
+        raise ValueError(f"{len(prompts)} prompts but {len(metadata)} metadata entries")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    g = cfg.num_generations
+    texts = [p for p in prompts for _ in range(g)]
+    meta = [m for m in metadata for _ in range(g)]
+    b = len(texts)
+
+    batch = policy.encode_prompts(texts, reasoning=True)
+    r = policy.generate_reasoning(batch.ids, batch.mask, max_new_tokens=cfg.max_reasoning_tokens,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                  generator=generator)
+    ids, mask = concat_tokens(batch.ids, batch.mask, r.ids, r.mask)
+    ctx = policy.image_context(ids, mask)
+    uncond = None
+    if cfg.guidance_scale != 1.0:
+        empty = policy.encode_prompts([""] * b, reasoning=False)
+        uncond = policy.image_context(empty.ids, empty.mask)
+
+    shift = policy.timestep_shift if cfg.timestep_shift is None else cfg.timestep_shift
+    sigmas = sigma_schedule(cfg.num_inference_steps, shift, device=policy.device)
+    x1, eps = draw_noise(policy, b, cfg.num_inference_steps, cfg.noise_level, generator)
+    graph = None
+    if cfg.use_cuda_graph and x1.is_cuda:
+        graph = GraphedStep(policy, ctx, uncond, cfg.guidance_scale, cfg.noise_level, x1)
+    traj = denoise(policy, ctx, sigmas, cfg.noise_level, x1, eps, uncond=uncond,
+                   guidance_scale=cfg.guidance_scale, graph=graph)
+    images = policy.latents_to_images(traj.latents[:, -1])
+    reward = rewards(images.cpu(), texts, meta)
+    cpu_gen = generator if generator is None or generator.device.type == "cpu" else None
+    return RolloutBatch(
+        prompt_ids=batch.ids, prompt_mask=batch.mask, reasoning_ids=r.ids, reasoning_logprobs=r.logprobs,
+        reasoning_mask=r.mask, truncated=r.truncated, sigmas=sigmas, latents=traj.latents,
+        step_logprobs=traj.step_logprobs, train_steps=train_step_mask(b, cfg.num_inference_steps, cfg, cpu_gen),
+        images=images, rewards=reward.total, reward_components=reward.components,
+        group_ids=torch.arange(len(prompts)).repeat_interleave(g), prompts=texts, metadata=meta,
+        temperature=r.temperature, noise_level=cfg.noise_level, guidance_scale=cfg.guidance_scale)
