@@ -18,11 +18,15 @@ from torch import Tensor
 
 RewardFn = Callable[[Tensor, Sequence[str], Sequence[Any]], Any]
 
-__all__ = ["RewardFn", "RewardError", "WeightedRewards", "RewardResult", "shapes_verifier_reward"]
+__all__ = ["RewardFn", "RewardError", "NonFiniteRewardError", "WeightedRewards", "RewardResult", "shapes_verifier_reward"]
 
 
 class RewardError(RuntimeError):
     """A reward function failed; names the reward and the prompt."""
+
+
+class NonFiniteRewardError(RewardError):
+    """A reward returned NaN or inf (the trainer skips such an iteration and counts it)."""
 
 
 @dataclass
@@ -74,7 +78,7 @@ class WeightedRewards:
             bad = ~torch.isfinite(scores)
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
-                raise RewardError(f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
+                raise NonFiniteRewardError(f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
                                   f"(row {i}; {int(bad.sum())} non-finite in all)")
             components[name], details[name] = scores, detail
             total += weight * scores

@@ -81,10 +81,15 @@ class RolloutBatch:
             return v[idx.to(v.device)]
         return replace(self, **{f.name: take(f.name, getattr(self, f.name)) for f in fields(self)})
 
-    def minibatches(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
-        """Yield sub-batches of ``size`` rounds (the last may be smaller), shuffled with ``generator``."""
+    def minibatch_indices(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
+        """Yield int64 index tensors of ``size`` rounds (the last may be smaller), shuffled with ``generator``."""
         if size < 1:
             raise ValueError(f"minibatch size must be >= 1, got {size}")
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), size):
-            yield self.select(order[start:start + size])
+            yield order[start:start + size]
+
+    def minibatches(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
+        """Yield sub-batches of ``size`` rounds, as :meth:`minibatch_indices` picks them."""
+        for idx in self.minibatch_indices(size, generator, shuffle):
+            yield self.select(idx)

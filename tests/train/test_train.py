@@ -1,0 +1,150 @@
+import json
+import math
+
+import pytest
+import torch
+
+from unigrpo.models import ShapesConfig, ShapesModel
+from unigrpo.rewards import WeightedRewards
+from unigrpo.train import Trainer, group_advantages, load_config
+from unigrpo.train.__main__ import main as train_main
+from unigrpo.train.config import valid_keys
+
+PROMPTS = ["a red circle", "two squares the color of grass", "a blue triangle left of a yellow circle",
+           "three triangles"]
+FAST = ["train.prompts_per_iteration=4", "rollout.num_generations=4", "rollout.num_inference_steps=3",
+        "rollout.max_reasoning_tokens=6", "train.minibatch_size=8", "optim.warmup_steps=1"]
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    intermediate_size=48, timestep_embed_dim=16))
+
+
+def brightness(images, prompts, metadata):
+    return images.float().mean(dim=(1, 2, 3)) / 255
+
+
+def trainer(tmp_path, overrides, reward=brightness, seed=0, **kw):
+    cfg = load_config(None, FAST + [f"train.output_dir={tmp_path}"] + overrides)
+    return Trainer(cfg, policy=tiny(seed), prompts=PROMPTS, rewards=WeightedRewards([("bright", reward, 1.0)]),
+                   progress=False, evaluate=False, **kw)
+
+
+# ---------------------------------------------------------------- advantages
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.3, 0.3, 0.3])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    a = group_advantages(r, g, "group")
+    assert torch.allclose(a[:3], (r[:3] - 0.5) / (r[:3].std() + 1e-4), atol=1e-5)
+    assert bool((a[3:] == 0).all())  # equal rewards: exactly zero, no NaN
+    assert torch.allclose(group_advantages(r, g, "none")[:3], r[:3] - 0.5)
+    assert group_advantages(torch.tensor([0.0, 100.0]), torch.tensor([0, 0]), "none", adv_clip_max=5).tolist() \
+        == [-5.0, 5.0]
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(r, g, "std")
+
+
+# -------------------------------------------------------------------- config
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(None, ["loss.beta_v=0.01", "optim.lr=1e-4", "rollout.num_generations=8",
+                             "loss.epsilon_high=0.28", "loss.train_text=false"])
+    assert cfg.loss.beta_v == 0.01 and cfg.optim.lr == 1e-4 and cfg.rollout.num_generations == 8
+    assert cfg.loss.epsilon_high == 0.28 and cfg.loss.train_text is False
+    with pytest.raises(KeyError, match="unknown config key 'loss.bta_v'; valid keys: .*loss.beta_v"):
+        load_config(None, ["loss.bta_v=1"])
+    with pytest.raises(ValueError, match="rollout.num_generations must be of type int"):
+        load_config(None, ["rollout.num_generations=two"])
+    with pytest.raises(ValueError, match="loss.image_penalty must be one of"):
+        load_config(None, ["loss.image_penalty=kl"])
+    y = tmp_path / "c.yaml"
+    y.write_text("loss:\n  beta_v: 0.5\nrollout:\n  noise_level: 0.8\n")
+    cfg = load_config(y, ["loss.beta_v=0.25"])
+    assert cfg.loss.beta_v == 0.25 and cfg.rollout.noise_level == 0.8
+    y.write_text("loss:\n  nope: 1\n")
+    with pytest.raises(KeyError, match="loss.nope"):
+        load_config(y)
+    assert train_main(["loss.nope=1"]) == 2
+    assert "loss.beta_v" in valid_keys() and "rollout.noise_level" in valid_keys()
+
+
+# ------------------------------------------------------------------ training
+def test_first_inner_update_has_ratio_one(tmp_path):
+    m = trainer(tmp_path, ["train.iterations=1"]).train_iteration()
+    assert abs(m["first_minibatch/text_ratio_mean"] - 1) < 1e-5
+    assert abs(m["first_minibatch/image_ratio_mean"] - 1) < 1e-5
+
+
+def test_few_iterations_improve_a_toy_reward(tmp_path):
+    t = trainer(tmp_path, ["train.iterations=8", "loss.clip_range=0.01", "loss.beta_v=0", "loss.train_text=false",
+                           "optim.lr=1e-2", "train.num_inner_epochs=2"])
+    h = t.fit()
+    r = [row["reward/bright_mean"] for row in h]
+    assert sum(r[-3:]) / 3 > sum(r[:2]) / 2 + 0.02, r
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "metrics.jsonl").exists()
+    assert (tmp_path / "config.yaml").exists()
+
+
+def _weights(policy):
+    return {k: v.clone() for k, v in policy.state_dict().items()}
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = ["train.iterations=4", "train.save_every=2", "optim.lr=3e-3"]
+    full = trainer(tmp_path / "full", common)
+    full_hist = full.fit()
+    part = trainer(tmp_path / "part", common[:1] + ["train.iterations=2"] + common[1:])
+    part.fit()
+    cfg = load_config(None, FAST + [f"train.output_dir={tmp_path / 'part'}"] + common)
+    resumed = Trainer(cfg, policy=tiny(0), prompts=PROMPTS, rewards=WeightedRewards([("bright", brightness, 1.0)]),
+                      progress=False, evaluate=False, resume=tmp_path / "part")
+    assert resumed.iteration == 2
+    hist = resumed.fit()
+    for k, v in _weights(full.policy).items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    drop = ("train/iteration_s", "train/rounds_per_s")
+    strip = lambda h: [{k: v for k, v in row.items() if k not in drop} for row in h]  # noqa: E731
+    assert strip(hist) == strip(full_hist)
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_checkpoint_is_atomic_and_complete(tmp_path):
+    t = trainer(tmp_path, ["train.iterations=2", "train.save_every=1"])
+    t.fit()
+    latest = (tmp_path / "latest").read_text().strip()
+    assert latest == "checkpoint-000002"
+    ck = tmp_path / latest
+    assert {p.name for p in ck.iterdir()} >= {"policy", "trainer_state.pt", "config.yaml"}
+    assert (ck / "policy" / "model.safetensors").exists()
+    assert not list(tmp_path.glob(".checkpoint-*"))  # no temporary left behind
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        trainer(tmp_path / "empty", [], resume=tmp_path / "nowhere")
+
+
+def test_nonfinite_reward_and_loss_skip_the_update(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def flaky(images, prompts, metadata):
+        calls["n"] += 1
+        out = brightness(images, prompts, metadata)
+        if calls["n"] == 2:
+            out[0] = float("nan")
+        return out
+
+    t = trainer(tmp_path, ["train.iterations=3", "train.save_every=1"], reward=flaky)
+    h = t.fit()
+    assert t.counters["skipped_nonfinite_reward"] == 1 and "skipped" in h[1]
+    from unigrpo.train import trainer as trainer_mod
+
+    before = _weights(t.policy)
+    real = trainer_mod.joint_loss
+    monkeypatch.setattr(trainer_mod, "joint_loss",
+                        lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    t.cfg.train.iterations = 4
+    t.fit()
+    assert t.counters["skipped_nonfinite_loss"] >= 1
+    for k, v in t.policy.state_dict().items():
+        assert torch.isfinite(v).all() and torch.equal(v, before[k]), k
+    assert not any(math.isnan(x) for x in [t.scheduler.get_last_lr()[0]])

@@ -1,0 +1,163 @@
+"""Training configuration: nested dataclasses, a YAML file, dotted overrides.
+
+    python -m unigrpo.train loss.beta_v=0.01 rollout.num_generations=8 --config my.yaml
+
+Unknown keys and badly typed values are rejected with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..rollout import RolloutConfig
+from .losses import LossConfig
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: str = "builtin:shapes-sft"  # a checkpoint directory, or the shipped SFT model
+    device: str = "auto"                    # auto: cuda when available
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 5
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class LoopConfig:
+    iterations: int = 40
+    prompts_per_iteration: int = 8
+    num_inner_epochs: int = 1
+    minibatch_size: int = 16        # rounds per minibatch
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    reward_mode: str = "shaped"     # the shapes verifier in training: strict | shaped
+    output_dir: str = "runs/unigrpo"
+    save_every: int = 10
+    eval_every: int = 10
+    eval_prompts_per_category: int = 8
+    eval_steps: int = 40
+    bf16_autocast: bool = True      # on CUDA only
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    def validate(self) -> None:
+        self.rollout.validate()
+        self.loss.validate()
+        t = self.train
+        if t.reward_mode not in ("strict", "shaped"):
+            raise ValueError(f"train.reward_mode must be 'strict' or 'shaped', got {t.reward_mode!r}")
+        for name in ("iterations", "prompts_per_iteration", "num_inner_epochs", "minibatch_size",
+                     "gradient_accumulation_steps", "save_every", "eval_every", "eval_steps"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if self.optim.lr <= 0 or self.optim.max_grad_norm <= 0:
+            raise ValueError("optim.lr and optim.max_grad_norm must be > 0")
+
+
+def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    obj = TrainConfig() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        keys += valid_keys(v, f"{prefix}{f.name}.") if dataclasses.is_dataclass(v) else [prefix + f.name]
+    return keys
+
+
+def _coerce(key: str, value: Any, current: Any, annotation: Any) -> Any:
+    """Parse/check ``value`` against the field's type (inferred from its annotation and default)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value != "" else value
+    if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:  # YAML reads "1e-4" as a string
+            value = float(value) if isinstance(current, float) else int(value)
+        except ValueError:
+            pass
+    args = typing.get_args(annotation) if not isinstance(annotation, str) else ()
+    allows_none = current is None or type(None) in args or "None" in str(annotation)
+    if value is None:
+        if allows_none:
+            return None
+        raise ValueError(f"{key} cannot be null")
+    target = type(current) if current is not None else next((a for a in args if a is not type(None)), str)
+    if target is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if target is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ValueError(f"{key} must be a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(x) for x in value)
+    if not isinstance(value, target) or isinstance(value, bool) and target is not bool:
+        raise ValueError(f"{key} must be of type {target.__name__}, got {value!r}")
+    return value
+
+
+def apply(cfg: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
+    """Set dotted keys (``{"loss.beta_v": 0.01}``) on ``cfg`` in place, type-checked."""
+    keys = valid_keys(cfg)
+    for key, value in updates.items():
+        if key not in keys:
+            raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+        section, name = key.split(".", 1)
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(type(obj))
+        setattr(obj, name, _coerce(key, value, getattr(obj, name), hints.get(name)))
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
+    cfg = TrainConfig()
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config sections")
+        apply(cfg, _flatten(data))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        apply(cfg, {key.strip(): value})
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: TrainConfig, path: str | Path) -> None:
+    d = to_dict(cfg)
+    d["optim"]["betas"] = list(d["optim"]["betas"])
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -1,0 +1,287 @@
+"""The UniGRPO training loop: rollouts -> rewards -> advantages -> inner epochs
+of shuffled minibatches with gradient accumulation -> AdamW step; metrics,
+periodic held-out evaluation, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..rewards import NonFiniteRewardError, WeightedRewards, shapes_verifier_reward
+from ..rollout import generate_rounds
+from . import checkpointing
+from .advantages import group_advantages
+from .config import TrainConfig, save as save_config
+from .losses import joint_loss
+
+BUILTIN = "builtin:shapes-sft"
+
+
+def resolve_checkpoint(name: str) -> Path:
+    if name == BUILTIN:
+        from ..eval import DEFAULT_CHECKPOINT
+
+        return DEFAULT_CHECKPOINT
+    return Path(name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    acc: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            acc[k].append(float(v))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def _reward_metrics(batch, train_reward: str) -> dict[str, float]:
+    out = {}
+    for name, scores in batch.reward_components.items():
+        out[f"reward/{name}_mean"] = float(scores.mean())
+        out[f"reward/{name}_std"] = float(scores.std()) if len(scores) > 1 else 0.0
+    strict = batch.reward_components.get("strict")
+    if strict is not None:
+        cats = [getattr(m, "category", "all") for m in batch.metadata]
+        for cat in sorted(set(cats)):
+            idx = [i for i, c in enumerate(cats) if c == cat]
+            out[f"accuracy/{cat}"] = float(strict[idx].mean())
+        out["accuracy/train_overall"] = float(strict.mean())
+    return out
+
+
+class Trainer:
+    """Holds the policy, reference, optimizer and RNG streams of one run."""
+
+    def __init__(self, cfg: TrainConfig, *, policy=None, prompts: Sequence[Any] | None = None,
+                 rewards: WeightedRewards | None = None, resume: str | Path | None = None,
+                 progress: bool = True, evaluate: bool = True) -> None:
+        cfg.validate()
+        self.cfg, self.progress, self.do_eval = cfg, progress, evaluate
+        seed = cfg.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.device = resolve_device(cfg.model.device)
+        if policy is None:
+            from ..models import ShapesModel
+
+            policy = ShapesModel.from_pretrained(resolve_checkpoint(cfg.model.checkpoint), device=self.device)
+        self.policy = policy.to(self.device)
+        self.ref = self.policy.reference_copy()  # the initial policy, frozen
+        if prompts is None:
+            from ..tasks.shapes import make_split
+
+            prompts = make_split(0).train
+        self.prompts = list(prompts)
+        self.rewards = rewards or WeightedRewards([
+            ("shaped", shapes_verifier_reward("shaped"), 1.0 if cfg.train.reward_mode == "shaped" else 0.0),
+            ("strict", shapes_verifier_reward("strict"), 1.0 if cfg.train.reward_mode == "strict" else 0.0)])
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas,
+                                           weight_decay=o.weight_decay)
+        warm = max(1, o.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.generators = {
+            "rollout": torch.Generator(self.device).manual_seed(seed + 1),
+            "shuffle": torch.Generator().manual_seed(seed + 2),
+            "prompts": torch.Generator().manual_seed(seed + 3),
+        }
+        self.run_dir = Path(cfg.train.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.iteration = 0
+        self.counters = {"skipped_nonfinite_loss": 0, "skipped_nonfinite_reward": 0, "optimizer_steps": 0}
+        self.history: list[dict[str, Any]] = []
+        save_config(cfg, self.run_dir / "config.yaml")
+        if resume is not None:
+            self._resume(Path(resume))
+
+    # ------------------------------------------------------------ checkpoints
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": checkpointing.rng_state(self.generators), "counters": dict(self.counters),
+                "history": self.history}
+
+    def save(self) -> Path:
+        return checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, self._trainer_state(),
+                                             (self.run_dir / "config.yaml").read_text())
+
+    def _resume(self, path: Path) -> None:
+        ckpt = checkpointing.latest_checkpoint(path) if (path / checkpointing.LATEST).exists() else path
+        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
+            raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected {path}/latest or "
+                                    f"{path}/trainer_state.pt)")
+        loaded = type(self.policy).from_pretrained(ckpt / "policy", device=self.device)
+        self.policy.load_state_dict(loaded.state_dict())
+        state = checkpointing.load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpointing.set_rng_state(state["rng"], self.generators)
+        self.counters.update(state["counters"])
+        self.history = state["history"]
+        self.iteration = state["iteration"]
+        # drop metric lines of an iteration that was running when the run died
+        log = self.run_dir / "metrics.jsonl"
+        if log.exists():
+            keep = [ln for ln in log.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
+            log.write_text("".join(ln + "\n" for ln in keep))
+
+    # -------------------------------------------------------------- the loop
+    def _autocast(self):
+        on = self.device.type == "cuda" and self.cfg.train.bf16_autocast
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+
+    def train_iteration(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        start = time.perf_counter()
+        pick = torch.randperm(len(self.prompts), generator=self.generators["prompts"])[:t.prompts_per_iteration]
+        chosen = [self.prompts[i] for i in pick.tolist()]
+        texts = [getattr(p, "text", p) for p in chosen]
+        self.policy.eval()
+        try:
+            batch = generate_rounds(self.policy, texts, chosen, self.rewards, cfg.rollout, self.generators["rollout"])
+        except NonFiniteRewardError as e:
+            self.counters["skipped_nonfinite_reward"] += 1
+            return {"skipped": f"non-finite reward: {e}"}
+        rollout_s = time.perf_counter() - start
+        adv = group_advantages(batch.rewards, batch.group_ids, cfg.loss.scale_rewards,
+                               cfg.loss.adv_clip_max).to(self.device)
+        batch = batch.to(self.device)
+        self.policy.train()
+        stats, grad_norms, micro = [], [], 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for epoch in range(t.num_inner_epochs):
+            for mb_idx in batch.minibatch_indices(t.minibatch_size, self.generators["shuffle"]):
+                mb = batch.select(mb_idx)
+                with self._autocast():
+                    loss, s = joint_loss(self.policy, self.ref, mb, adv[mb_idx.to(self.device)], cfg.loss)
+                if not torch.isfinite(loss):
+                    self.counters["skipped_nonfinite_loss"] += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    micro = 0
+                    continue
+                (loss / t.gradient_accumulation_steps).backward()
+                stats.append(s)
+                micro += 1
+                if micro == t.gradient_accumulation_steps:
+                    grad_norms.append(self._step())
+                    micro = 0
+        if micro:
+            grad_norms.append(self._step())
+        elapsed = time.perf_counter() - start
+        metrics = {**_reward_metrics(batch, t.reward_mode), **_mean_stats(stats),
+                   "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+                   "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(batch) / rollout_s,
+                   "train/iteration_s": elapsed, "train/advantage_abs_mean": float(adv.abs().mean()),
+                   **{f"train/{k}": v for k, v in self.counters.items()}}
+        if stats:
+            metrics["first_minibatch/text_ratio_mean"] = float(stats[0].get("text/ratio_mean", float("nan")))
+            metrics["first_minibatch/image_ratio_mean"] = float(stats[0].get("image/ratio_mean", float("nan")))
+        return metrics
+
+    def _step(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm)
+        if not torch.isfinite(norm):
+            self.counters["skipped_nonfinite_loss"] += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.counters["optimizer_steps"] += 1
+        return float(norm)
+
+    def evaluate(self, tag: str) -> dict[str, float]:
+        from ..eval import EvalConfig, evaluate
+
+        t = self.cfg.train
+        self.policy.eval()
+        res = evaluate(EvalConfig(out=str(self.run_dir / f"eval-{tag}"), steps=t.eval_steps,
+                                  images_per_category=t.eval_prompts_per_category, grid_per_category=2), self.policy)
+        r = res["modes"]["reasoning"] if "modes" in res else res
+        out = {"eval/overall": r["overall"]}
+        out.update({f"eval/{k}": v for k, v in r.get("per_category", {}).items()})
+        return out
+
+    def fit(self) -> list[dict[str, Any]]:
+        t = self.cfg.train
+        log = open(self.run_dir / "metrics.jsonl", "a")
+        writer = _tensorboard(self.run_dir)
+        if self.iteration == 0 and self.do_eval:
+            self._record({"iteration": 0, **self.evaluate("000000")}, log, writer)
+        bar = tqdm(total=t.iterations, initial=self.iteration, desc="unigrpo", disable=not self.progress)
+        while self.iteration < t.iterations:
+            metrics = self.train_iteration()
+            self.iteration += 1
+            if self.do_eval and (self.iteration % t.eval_every == 0 or self.iteration == t.iterations):
+                metrics.update(self.evaluate(f"{self.iteration:06d}"))
+            self._record({"iteration": self.iteration, **metrics}, log, writer)
+            bar.update(1)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items()
+                             if k in ("reward/shaped_mean", "accuracy/train_overall", "eval/overall")})
+            if self.iteration % t.save_every == 0 or self.iteration == t.iterations:
+                self.save()
+        bar.close()
+        log.close()
+        if writer is not None:
+            writer.close()
+        plot_curves(self.history, self.run_dir / "curves.png")
+        return self.history
+
+    def _record(self, row: dict[str, Any], log, writer) -> None:
+        self.history.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "iteration" and math.isfinite(v):
+                    writer.add_scalar(k, v, row["iteration"])
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSONL and the console only
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Reward and accuracy curves over iterations, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    keys = sorted({k for h in history for k in h if k.startswith("reward/") and k.endswith("_mean")})
+    series = [(k, 0, f"train {k[7:-5]} reward") for k in keys] + [
+        ("accuracy/train_overall", 0, "train accuracy (strict)"),
+        ("eval/overall", 1, "held-out accuracy (ODE, strict)")]
+    for key, axis, label in series:
+        pts = [(h["iteration"], h[key]) for h in history if key in h]
+        if pts:
+            xs, ys = zip(*pts)
+            ax[axis].plot(xs, ys, marker="o" if axis else None, label=label)
+    for a, title in zip(ax, ["rollouts", "evaluation"]):
+        a.set_xlabel("iteration")
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        if a.get_lines():
+            a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
