@@ -60,17 +60,21 @@ __device__ __forceinline__ float exp_accurate(float q) {
 template <typename T>
 struct VecTraits;  // kVec elements of T per 16-byte vector
 
+// kNegInfWord: a 32-bit word of -inf elements (to pad a partial group of vectors).
 template <>
 struct VecTraits<float> {
   static constexpr int kVec = 4;
+  static constexpr unsigned kNegInfWord = 0xff800000u;
 };
 template <>
 struct VecTraits<__half> {
   static constexpr int kVec = 8;
+  static constexpr unsigned kNegInfWord = 0xfc00fc00u;
 };
 template <>
 struct VecTraits<__nv_bfloat16> {
   static constexpr int kVec = 8;
+  static constexpr unsigned kNegInfWord = 0xff80ff80u;
 };
 
 __device__ __forceinline__ float to_float(float v) { return v; }
