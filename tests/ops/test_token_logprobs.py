@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers import DEVICES, assert_close_earned, backends_for
 
 from unigrpo.ops import reference as R
@@ -116,3 +118,11 @@ def test_reference_gradcheck_fp64():
     logits = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([0, 5, 10])
     assert torch.autograd.gradcheck(lambda z: R.token_logprobs(z, ids, 0.7, True), (logits,))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 6), v=st.integers(1, 5000), temperature=st.floats(0.05, 10.0),
+       scale=st.floats(0.1, 50.0), entropy=st.booleans(), dtype=st.sampled_from(DTYPES))
+def test_property_random_shapes(n, v, temperature, scale, entropy, dtype):
+    for backend in backends_for("cpu", big=True):
+        _check("cpu", backend, dtype, n, v, temperature, entropy, scale=scale)
