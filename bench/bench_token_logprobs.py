@@ -82,7 +82,7 @@ def bench_token_side(benchmark, op, n, v, passes, impl):
 def bench_fused_linear_memory_flat_in_n(benchmark, impl, n):
     """Peak extra memory of fused_linear_token_logprobs fwd+bwd vs N (V=32000, H=512)."""
     v, h = 32000, 512
-    benchmark.group = f"fused_linear_token_logprobs V={v} H={h} fwd+bwd"
+    benchmark.group = f"fused_linear_token_logprobs N={n} V={v} H={h} fwd+bwd"
     setup = (f"import torch\nfrom unigrpo import ops\nfrom unigrpo.ops import reference as R\n"
              f"n = 8 if 'SMALL' in globals() else {n}\n"
              f"hid = torch.randn(n, {h}, device='{DEVICE}', requires_grad=True)\n"

@@ -1,8 +1,8 @@
 """Peak extra memory of one call, measured honestly on CPU and CUDA.
 
 CPU: PyTorch keeps no allocator statistics, so the call runs in a fresh
-subprocess that reads its peak resident set (ru_maxrss) just before and just
-after the call, with glibc's mmap threshold pinned so every large tensor is its
+subprocess that resets its peak resident set (/proc/self/clear_refs) just
+before the call and reads it (VmHWM) just after, with glibc's mmap threshold pinned so every large tensor is its
 own mapping and goes back to the OS when freed. A warm-up on small inputs first
 loads libraries and thread pools. CUDA: torch.cuda.max_memory_allocated.
 """
@@ -17,16 +17,20 @@ import sys
 import torch
 
 _SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 torch.manual_seed(0)
+
+def status(key):  # kB from /proc/self/status (VmHWM is per address space: not inherited from the parent)
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+
 SMALL = True
 exec(sys.argv[1]); exec(sys.argv[2])   # warm-up on small inputs
 del SMALL
 exec(sys.argv[1])                      # the real inputs
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+base = status("VmRSS:")
 exec(sys.argv[2])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kib": base, "peak_kib": peak}))
+print(json.dumps({"base_kib": base, "peak_kib": status("VmHWM:")}))
 """
 
 
