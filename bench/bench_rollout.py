@@ -42,8 +42,9 @@ def bench_rollout(benchmark, policy, mode, guidance, graphed):
     benchmark.group = f"rollout {len(PROMPTS)} prompts x G={G}, K={K} steps"
     gen = torch.Generator(DEVICE)
     # time split inside the denoising loop: velocity calls (model) vs the fused SDE step (sampler)
-    spent = {"model": 0.0, "sampler": 0.0}
-    originals = {"model": (denoise_mod, "guided_velocity"), "sampler": (denoise_mod.ops, "sde_step")}
+    spent = {"model": 0.0, "sampler": 0.0, "text": 0.0}
+    originals = {"model": (denoise_mod, "guided_velocity"), "sampler": (denoise_mod.ops, "sde_step"),
+                 "text": (policy, "generate_reasoning")}
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -56,6 +57,8 @@ def bench_rollout(benchmark, policy, mode, guidance, graphed):
         return wrapper
 
     saved = {name: getattr(obj, attr) for name, (obj, attr) in originals.items()}
+    if graphed:
+        originals.pop("text")
     if not graphed:  # inside a graph the split cannot be timed from Python
         for name, (obj, attr) in originals.items():
             setattr(obj, attr, timed(name, saved[name]))
@@ -71,3 +74,5 @@ def bench_rollout(benchmark, policy, mode, guidance, graphed):
     benchmark.extra_info["denoise_steps_per_s"] = round(rounds * K / mean, 1)
     if not graphed:
         benchmark.extra_info["denoise_model_share"] = round(spent["model"] / (spent["model"] + spent["sampler"]), 3)
+        total = spent["model"] + spent["sampler"] + spent["text"]
+        benchmark.extra_info["text_share_of_text_plus_denoise"] = round(spent["text"] / total, 3)

@@ -12,7 +12,10 @@ from collections import defaultdict
 
 
 def impl_of(name: str) -> str:
-    params = re.search(r"\[(.*)\]", name).group(1).split("-")
+    found = re.search(r"\[(.*)\]", name)
+    if not found:
+        return "-"
+    params = found.group(1).split("-")
     return next((p for p in params if p in ("reference", "native", "triton", "torch")), params[-1])
 
 
@@ -20,7 +23,7 @@ def main(path: str) -> None:
     data = json.load(open(path))
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
-        groups[b["group"]][impl_of(b["name"])] = b
+        groups[b["group"] or b["name"]][impl_of(b["name"])] = b
     m = data["machine_info"]
     print(f"Machine: {m.get('cpu', {}).get('brand_raw', m.get('processor'))}, {m.get('cpu', {}).get('count')} cores; "
           f"python {m['python_version']}; {data['datetime']}\n")
