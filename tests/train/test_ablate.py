@@ -1,0 +1,25 @@
+import torch
+
+from unigrpo.ablate import VARIANTS, run_variant, to_markdown
+from unigrpo.models import ShapesConfig, ShapesModel
+from unigrpo.rewards import WeightedRewards
+
+
+def tiny():
+    torch.manual_seed(0)
+    return ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                    intermediate_size=48, timestep_embed_dim=16))
+
+
+def test_every_variant_runs_and_reports(tmp_path):
+    base = ["train.iterations=1", "train.prompts_per_iteration=2", "rollout.num_generations=2",
+            "rollout.num_inference_steps=2", "rollout.max_reasoning_tokens=4", "train.minibatch_size=4",
+            "train.eval_steps=2"]
+    rewards = WeightedRewards([("shaped", lambda im, p, m: im.float().mean(dim=(1, 2, 3)) / 255, 1.0)])
+    rows = [run_variant(name, over, base, tmp_path, ["a red circle", "three triangles"], policy_factory=tiny,
+                        prompts=["a red circle", "two squares"], rewards=rewards, progress=False)
+            for name, over in VARIANTS.items()]
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    assert all(r["image_drift"] >= 0 and r["train_reward_last"] is not None for r in rows)
+    table = to_markdown(rows, "1 iteration")
+    assert table.count("\n|") == len(VARIANTS) + 2 and "text-only" in table
