@@ -17,7 +17,7 @@ class RolloutConfig:
     num_inference_steps: int = 10     # K SDE steps in rollouts
     noise_level: float = 0.7          # a
     timestep_shift: float | None = None  # None: the policy's own shift
-    timestep_fraction: float = 1.0    # share of the K steps trained
+    timestep_fraction: float = 0.5    # share of the K steps trained (the early, high-noise half: FlowGRPO-Fast)
     timestep_window: str = "early"    # "early": the first steps (high noise); "random": a random subset per round
     guidance_scale: float = 1.0       # > 1: classifier-free guidance (ablation only: two velocities a step)
     use_cuda_graph: bool = True       # capture the denoising step on CUDA
