@@ -6,6 +6,7 @@ be wrong raises :class:`CheckpointError` naming the file and the problem."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ def save(model, directory: str | Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model_type": model.config.model_type})
+    os.chmod(d / WEIGHTS_NAME, 0o644)  # safetensors creates it 0600; checkpoints ship as package data
     (d / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     model.tokenizer.save_pretrained(str(d))
 
