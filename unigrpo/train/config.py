@@ -36,7 +36,7 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    iterations: int = 40
+    iterations: int = 20
     prompts_per_iteration: int = 8
     num_inner_epochs: int = 1
     minibatch_size: int = 16        # rounds per minibatch
