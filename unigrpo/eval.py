@@ -1,7 +1,7 @@
 """GenEval-style evaluation of a checkpoint on held-out shapes prompts.
 
 Per prompt: reasoning sampled at ``--temperature`` (default 1.0, seeded; 0 is
-greedy), then deterministic ODE sampling (Euler steps via ``ops.sde_step``
+greedy), then deterministic ODE sampling (Euler steps: the rollouts' denoising loop, ``unigrpo.rollout.denoise``,
 with noise level 0 on the shifted sigma schedule), then the verifier's strict
 score.  Why T = 1 by default: a plan's cells are free choices the prompt
 does not fix, and greedy decoding collapses them onto the single most likely
@@ -31,10 +31,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import ops
 from .images import save_image_grid
 from .models import ShapesModel, sigma_schedule
 from .policy import UnifiedPolicy, concat_tokens
+from .rollout.denoise import denoise
 from .tasks.shapes import (CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, Prompt, extract_plan, make_split,
                            plan_satisfies, score)
 from .tasks.shapes.vocab import THINK
@@ -107,12 +107,9 @@ def sample_images(policy: UnifiedPolicy, texts: Sequence[str], *, reasoning: boo
         else:
             reasonings += [""] * len(chunk)
             truncated += [False] * len(chunk)
-        ctx = policy.image_context(ids, mask)
-        x = noise_all[start:start + len(chunk)].to(policy.device)
-        for k in range(steps):
-            v = policy.velocity(x, sigmas[k].expand(len(chunk)).to(x.device), ctx)
-            x, *_ = ops.sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level=0.0)
-        images.append(policy.latents_to_images(x))
+        x1 = noise_all[start:start + len(chunk)].to(policy.device)
+        traj = denoise(policy, policy.image_context(ids, mask), sigmas, 0.0, x1, None, record=False)
+        images.append(policy.latents_to_images(traj.latents[:, -1]))
     return torch.cat(images), reasonings, truncated
 
 
