@@ -36,7 +36,7 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    iterations: int = 20
+    iterations: int = 100
     prompts_per_iteration: int = 8
     num_inner_epochs: int = 1
     minibatch_size: int = 16        # rounds per minibatch
@@ -44,8 +44,8 @@ class LoopConfig:
     seed: int = 0
     reward_mode: str = "shaped"     # the shapes verifier in training: strict | shaped
     output_dir: str = "runs/unigrpo"
-    save_every: int = 10
-    eval_every: int = 10
+    save_every: int = 25
+    eval_every: int = 25
     eval_prompts_per_category: int = 8
     eval_steps: int = 40
     bf16_autocast: bool = True      # on CUDA only
