@@ -47,21 +47,30 @@ class FlowRowSumsFn(torch.autograd.Function):
         return (grad_v,) + (None,) * 9
 
 
+def _check_batched(name: str, t) -> None:
+    """t: a non-empty float tensor (B, ...) with at least 2 dims."""
+    check_tensor(name, t, max(t.dim(), 2) if isinstance(t, Tensor) else 2)
+    check_nonempty(name, t)
+
+
 def _flat(name: str, t: Tensor, like: Tensor | None = None) -> Tensor:
+    """(B, ...) -> contiguous (B, D); ``like``: must match its shape, dtype and device."""
     if like is None:
-        check_tensor(name, t, t.dim() if isinstance(t, Tensor) and t.dim() >= 2 else 2)
-        check_nonempty(name, t)
+        _check_batched(name, t)
     else:
         check_tensor(name, t, like.dim(), (like.dtype,), like.device, like.shape)
     return t.reshape(t.shape[0], -1).contiguous()
 
 
+def _per_row(name: str, value, b: int, device) -> Tensor:
+    """A scalar (broadcast) or a (B,) vector, as fp32 (B,)."""
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return torch.as_tensor(value, dtype=torch.float32, device=device).expand(b)
+    return as_f32_vector(name, value, b, device)
+
+
 def _sigmas(sigma, sigma_next, b: int, device) -> tuple[Tensor, Tensor]:
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).expand(b) \
-        if not isinstance(sigma, Tensor) or sigma.dim() == 0 else as_f32_vector("sigma", sigma, b, device)
-    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float32, device=device).expand(b) \
-        if not isinstance(sigma_next, Tensor) or sigma_next.dim() == 0 \
-        else as_f32_vector("sigma_next", sigma_next, b, device)
+    sigma, sigma_next = _per_row("sigma", sigma, b, device), _per_row("sigma_next", sigma_next, b, device)
     if not (sigma.is_cuda and torch.cuda.is_current_stream_capturing()):
         if bool(((sigma <= 0) | (sigma > 1)).any()):
             raise ValueError(f"sigma must lie in (0, 1], got values in [{sigma.min():.4g}, {sigma.max():.4g}]")
@@ -118,7 +127,7 @@ def sde_step(x: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7, 
     training path recomputes it, so the first-update ratio is 1; it is None for
     noise_level 0.
     """
-    check_tensor("x", x, x.dim() if isinstance(x, Tensor) and x.dim() >= 2 else 2)
+    _check_batched("x", x)
     check_tensor("v", v, x.dim(), (x.dtype,), x.device, x.shape)
     a = _noise_level(noise_level, allow_zero=True)
     sigma, sigma_next = _sigmas(sigma, sigma_next, x.shape[0], x.device)
