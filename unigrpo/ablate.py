@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/ablate")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="a subset of: " + "; ".join(VARIANTS))
     p.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         print(f"unknown variants {unknown}; valid: {list(VARIANTS)}", file=sys.stderr)

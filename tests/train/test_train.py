@@ -66,6 +66,8 @@ def test_config_overrides_and_errors(tmp_path):
     with pytest.raises(KeyError, match="loss.nope"):
         load_config(y)
     assert train_main(["loss.nope=1"]) == 2
+    assert train_main(["--no-progress", "loss.beta_v=1", "--config", str(y), "loss.nope=1"]) == 2  # intermixed
+    assert train_main(["--resume", str(tmp_path / "not-a-run")]) == 2
     assert "loss.beta_v" in valid_keys() and "rollout.noise_level" in valid_keys()
 
 

@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="YAML file with config sections (model, rollout, loss, optim, train)")
     p.add_argument("--resume", help="run directory (or checkpoint directory) to continue from")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the flags
     run_dir = None
     if args.resume:  # a run directory, or one of its checkpoint-* directories
         run_dir = Path(args.resume)
@@ -27,6 +27,9 @@ def main(argv=None) -> int:
         cfg = load(args.config or (run_dir / "config.yaml" if run_dir else None), args.overrides)
     except (KeyError, ValueError) as e:
         print(f"config error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # --config FILE, or --resume DIR without its config.yaml
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if run_dir is not None:
         cfg.train.output_dir = str(run_dir)
