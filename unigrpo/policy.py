@@ -84,6 +84,34 @@ class Reasoning:
     temperature: float
 
 
+class GraphedDecode:
+    """A policy's ``decode_step`` on a static decode state, captured once in a
+    CUDA graph and replayed per token (a small model's decode step is kernel
+    launches, not math). Warm-up runs on a throwaway state of the same shapes;
+    capture executes nothing, so the real state is untouched until replay."""
+
+    def __init__(self, policy: UnifiedPolicy, ids: Tensor, mask: Tensor, max_new_tokens: int, state: Any) -> None:
+        b = ids.shape[0]
+        self.tokens = torch.full((b,), policy.pad_token_id, dtype=torch.long, device=ids.device)
+        self.active = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            _, scratch = policy.prefill(ids, mask, max_new_tokens=max_new_tokens)
+            for _ in range(min(2, max_new_tokens)):
+                policy.decode_step(self.tokens, self.active, scratch)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = policy.decode_step(self.tokens, self.active, state)
+
+    def __call__(self, tokens: Tensor, active: Tensor, state: Any) -> Tensor:
+        self.tokens.copy_(tokens)
+        self.active.copy_(active)
+        self.graph.replay()
+        return self.logits  # overwritten by the next replay: consumed before it
+
+
 class ImageContext(ABC):
     """The text context of an image, ready for :meth:`UnifiedPolicy.velocity`.
 
@@ -192,12 +220,18 @@ class UnifiedPolicy(nn.Module, ABC):
             rows.append(self.tokenizer.decode(keep.tolist(), skip_special_tokens=False))
         return rows
 
+    #: True when ``prefill(..., max_new_tokens=n)`` gives a static state whose
+    #: ``decode_step`` updates only in place (fixed shapes): CUDA-graph capturable
+    supports_static_decode: bool = False
+
     @abstractmethod
-    def prefill(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int | None = None) -> tuple[Tensor, Any]:
         """Run a left-padded batch through the model with a fresh KV cache.
 
         ids int64 (B, L), mask bool (B, L) -> (next-token logits (B, V) float at
-        the last position, opaque decoding state holding the cache)."""
+        the last position, opaque decoding state holding the cache).
+        ``max_new_tokens`` (only where ``supports_static_decode``): preallocate
+        the cache for that many decode steps (a static state)."""
 
     @abstractmethod
     def decode_step(self, tokens: Tensor, active: Tensor, state: Any) -> Tensor:
@@ -248,19 +282,26 @@ class UnifiedPolicy(nn.Module, ABC):
     @torch.no_grad()
     def generate_reasoning(self, ids: Tensor, mask: Tensor, *, max_new_tokens: int = 64,
                            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                           generator: torch.Generator | None = None) -> Reasoning:
+                           generator: torch.Generator | None = None, cuda_graph: bool = False) -> Reasoning:
         """Sample reasoning tokens for a left-padded prompt batch, with a KV cache.
 
         ids int64 (B, L), mask bool (B, L) (from :meth:`encode_prompts`).  Each
         row samples until one of ``stop_token_ids`` (kept, mask True) or
         ``max_new_tokens``; the loop ends when every row stopped.
         ``temperature`` 0 is greedy.  ``generator`` seeds the sampling (same
-        generator state + same inputs -> same tokens).  See :class:`Reasoning`."""
+        generator state + same inputs -> same tokens).  ``cuda_graph``: on CUDA,
+        with a policy that ``supports_static_decode``, decode with a static KV
+        cache and replay one captured decode step per token.  See :class:`Reasoning`."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         b = ids.shape[0]
         stop = torch.tensor(self.stop_token_ids, device=ids.device)
-        logits, state = self.prefill(ids, mask.bool())
+        if cuda_graph and ids.is_cuda and self.supports_static_decode:
+            logits, state = self.prefill(ids, mask.bool(), max_new_tokens=max_new_tokens)
+            decode = GraphedDecode(self, ids, mask.bool(), max_new_tokens, state)
+        else:
+            logits, state = self.prefill(ids, mask.bool())
+            decode = self.decode_step
         out_ids, out_lp, out_mask = [], [], []
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
         for step in range(max_new_tokens):
@@ -273,7 +314,7 @@ class UnifiedPolicy(nn.Module, ABC):
             done = done | torch.isin(tok, stop)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = self.decode_step(tok, active, state)
+            logits = decode(tok, active, state)
         return Reasoning(torch.stack(out_ids, 1), torch.stack(out_lp, 1), torch.stack(out_mask, 1), ~done,
                          1.0 if temperature == 0 else float(temperature))
 

@@ -7,8 +7,9 @@ import torch
 from unigrpo.policy import concat_tokens, filter_logits, sample_tokens
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic-cache", "static-cache"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
-def test_cached_generation_matches_full_forward(model, prompts, temperature):
+def test_cached_generation_matches_full_forward(model, prompts, temperature, static):
     b = model.encode_prompts(prompts)
     g = torch.Generator().manual_seed(3)
     r = model.generate_reasoning(b.ids, b.mask, max_new_tokens=12, temperature=temperature, generator=g)
@@ -17,7 +18,7 @@ def test_cached_generation_matches_full_forward(model, prompts, temperature):
     torch.testing.assert_close(lp, r.logprobs, rtol=1e-5, atol=1e-5)
     assert bool((r.logprobs[~r.mask] == 0).all())
     # the logits of every step, not only the sampled token's log-prob
-    logits, state = model.prefill(b.ids, b.mask)
+    logits, state = model.prefill(b.ids, b.mask, max_new_tokens=12 if static else None)
     full = model.token_logits(ids, mask)
     start = b.ids.shape[1] - 1
     for t in range(r.ids.shape[1]):
@@ -25,6 +26,30 @@ def test_cached_generation_matches_full_forward(model, prompts, temperature):
         torch.testing.assert_close(logits[active], full[active, start + t], rtol=1e-5, atol=1e-5)
         if t + 1 < r.ids.shape[1]:
             logits = model.decode_step(r.ids[:, t], active, state)
+
+
+def test_static_decode_state_is_updated_in_place(make_tiny, prompts):
+    """What CUDA-graph capture needs: after prefill, decode steps never reallocate the state."""
+    model = make_tiny()
+    b = model.encode_prompts(prompts)
+    _, state = model.prefill(b.ids, b.mask, max_new_tokens=4)
+    ptrs = (state.key_mask.data_ptr(), state.seen.data_ptr(), state.next_col.data_ptr())
+    tok = torch.full((len(prompts),), 5)
+    for _ in range(3):
+        model.decode_step(tok, torch.tensor([True, False, True]), state)
+    assert (state.key_mask.data_ptr(), state.seen.data_ptr(), state.next_col.data_ptr()) == ptrs
+    assert int(state.next_col) == b.ids.shape[1] + 3
+    assert state.key_mask[:, b.ids.shape[1]:].tolist() == [[True] * 3 + [False], [False] * 4, [True] * 3 + [False]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_decode_equals_eager(make_tiny, prompts):
+    model = make_tiny().to("cuda")
+    b = model.encode_prompts(prompts)
+    runs = [model.generate_reasoning(b.ids, b.mask, max_new_tokens=10, cuda_graph=graphed,
+                                     generator=torch.Generator("cuda").manual_seed(7)) for graphed in (False, True)]
+    assert torch.equal(runs[0].ids, runs[1].ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, rtol=1e-5, atol=1e-5)
 
 
 def test_token_logprobs_entropy_and_unfused_agree(model, batch):

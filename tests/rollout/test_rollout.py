@@ -63,10 +63,11 @@ def test_seeded_rollouts_repeat_exactly(policy):
     assert not torch.equal(a.latents, c.latents)
 
 
-def test_recorded_logprobs_equal_training_recomputation(policy):
+@pytest.mark.parametrize("sde_window_only", [False, True])
+def test_recorded_logprobs_equal_training_recomputation(policy, sde_window_only):
     """The invariant: ratio == 1 at the first update, for text and image, in one batch."""
     b = _rollout(policy, RolloutConfig(num_generations=2, max_reasoning_tokens=10, num_inference_steps=5,
-                                      temperature=0.8))
+                                      temperature=0.8, sde_window_only=sde_window_only))
     from unigrpo.policy import concat_tokens
 
     ids, mask = concat_tokens(b.prompt_ids, b.prompt_mask, b.reasoning_ids, b.reasoning_mask)
@@ -79,6 +80,8 @@ def test_recorded_logprobs_equal_training_recomputation(policy):
     for k in range(b.num_steps):
         sig = b.sigmas[k].expand(len(b))
         v = policy.velocity(b.latents[:, k], sig, ctx)
+        if not b.train_steps[:, k].any():
+            continue  # a deterministic step (sde_window_only): never trained
         lp_k = ops.sde_step_logprob(b.latents[:, k], b.latents[:, k + 1], v, sig, b.sigmas[k + 1].expand(len(b)),
                                     b.noise_level)
         ratio = torch.exp(lp_k - b.step_logprobs[:, k])
@@ -130,6 +133,30 @@ def test_cfg_rollout_runs(policy):
     b = _rollout(policy, RolloutConfig(num_generations=1, max_reasoning_tokens=4, num_inference_steps=2,
                                       guidance_scale=3.0))
     assert b.guidance_scale == 3.0 and torch.isfinite(b.step_logprobs).all()
+
+
+def test_sde_window_only_is_deterministic_after_the_window():
+    """sde_steps=2 of 5: steps 0-1 add noise, steps 2-4 are exact Euler steps with log-prob 0."""
+    toy = ToyField()
+    sig = torch.linspace(1, 0, 6)
+    x1, eps = draw_noise(toy, 3, 5, 0.7, torch.Generator().manual_seed(0))
+    traj = denoise(toy, None, sig, 0.7, x1, eps, sde_steps=2)
+    full = denoise(toy, None, sig, 0.7, x1, eps)
+    assert torch.equal(traj.latents[:, :3], full.latents[:, :3])  # the window is the plain SDE rollout
+    for k in range(2, 5):
+        euler = traj.latents[:, k] + 0.5 * (sig[k + 1] - sig[k])
+        assert torch.allclose(traj.latents[:, k + 1], euler, atol=1e-6), k
+    assert (traj.step_logprobs[:, 2:] == 0).all() and (traj.step_logprobs[:, :2] != 0).all()
+    assert traj.model_calls == 5
+
+
+def test_share_initial_noise_within_groups(policy):
+    b = _rollout(policy, RolloutConfig(num_generations=3, max_reasoning_tokens=4, num_inference_steps=2,
+                                      share_initial_noise=True))
+    x1 = b.latents[:, 0].reshape(len(PROMPTS), 3, -1)
+    assert torch.equal(x1[:, 0], x1[:, 1]) and torch.equal(x1[:, 0], x1[:, 2])
+    assert not torch.equal(x1[0, 0], x1[1, 0])
+    assert not torch.equal(b.latents[0, 1], b.latents[1, 1])  # the step noise is still per round
 
 
 def test_ode_sampling_shares_the_loop():
@@ -186,6 +213,8 @@ def test_config_is_validated(policy):
         _rollout(policy, RolloutConfig(num_generations=0))
     with pytest.raises(ValueError, match="timestep_fraction"):
         _rollout(policy, RolloutConfig(timestep_fraction=0.0))
+    with pytest.raises(ValueError, match="sde_window_only"):
+        _rollout(policy, RolloutConfig(sde_window_only=True, timestep_window="random"))
 
 
 def test_timestep_fraction_windows():
@@ -199,9 +228,11 @@ def test_timestep_fraction_windows():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_replay_equals_eager(policy):
+@pytest.mark.parametrize("sde_window_only", [False, True])
+def test_cuda_graph_replay_equals_eager(policy, sde_window_only):
     gpu = policy.to("cuda")
-    cfg = RolloutConfig(num_generations=2, max_reasoning_tokens=6, num_inference_steps=4)
+    cfg = RolloutConfig(num_generations=2, max_reasoning_tokens=6, num_inference_steps=4,
+                        sde_window_only=sde_window_only)
     eager = generate_rounds(gpu, PROMPTS, PROMPTS, WeightedRewards([("b", _count_reward, 1.0)]),
                             RolloutConfig(**{**cfg.__dict__, "use_cuda_graph": False}),
                             torch.Generator("cuda").manual_seed(0))

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
 
 from ..policy import ImageContext, TokenBatch, UnifiedPolicy
@@ -85,11 +85,17 @@ class KVImageContext(ImageContext):
 @dataclass
 class DecodeState:
     """Incremental decoding state: the cache, the key mask so far (B, L) and
-    the number of real tokens seen per row (B,)."""
+    the number of real tokens seen per row (B,).
+
+    Static (``next_col`` set): the cache and ``key_mask`` are preallocated to
+    the prompt plus ``max_new_tokens`` columns and every update is in place at
+    the device-side column ``next_col``, so a decode step has fixed shapes and
+    addresses and can be captured in a CUDA graph."""
 
     cache: Any
     key_mask: Tensor
     seen: Tensor
+    next_col: Tensor | None = None
 
 
 class ShapesModel(UnifiedPolicy):
@@ -204,18 +210,44 @@ class ShapesModel(UnifiedPolicy):
     def lm_head_weight(self) -> Tensor:
         return self.lm_head.weight
 
-    def prefill(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, DecodeState]:
+    supports_static_decode = True
+
+    def prefill(self, ids: Tensor, mask: Tensor, max_new_tokens: int | None = None) -> tuple[Tensor, DecodeState]:
         mask = self._check_text(ids, mask)
-        cache = DynamicCache(config=self.qwen2_config)
-        hidden = self._text_pass(ids, mask, cache)
-        return self.lm_head(hidden[:, -1]), DecodeState(cache, mask, mask.long().sum(1))
+        if max_new_tokens is None:
+            cache = DynamicCache(config=self.qwen2_config)
+            hidden = self._text_pass(ids, mask, cache)
+            return self.lm_head(hidden[:, -1]), DecodeState(cache, mask, mask.long().sum(1))
+        b, length = mask.shape
+        cache = StaticCache(config=self.qwen2_config, max_cache_len=length + max_new_tokens)
+        attend = causal_mask(mask, length)  # the prompt, and no key of the (empty) columns after it
+        attend = torch.cat([attend, attend.new_zeros((b, 1, length, max_new_tokens))], 3)
+        hidden = self.norm(self._run(self.embed_tokens(ids), length, text_positions(mask), attend, cache))
+        key_mask = torch.cat([mask, mask.new_zeros((b, max_new_tokens))], 1)
+        next_col = torch.tensor(length, device=mask.device)
+        return self.lm_head(hidden[:, -1]), DecodeState(cache, key_mask, mask.long().sum(1), next_col)
 
     def decode_step(self, tokens: Tensor, active: Tensor, state: DecodeState) -> Tensor:
         step_mask = active.bool()[:, None]
+        if state.next_col is not None:
+            return self._static_decode_step(tokens, step_mask, state)
         hidden = self._text_pass(tokens[:, None], step_mask, state.cache, state.key_mask, state.seen)
         state.key_mask = torch.cat([state.key_mask, step_mask], 1)
         state.seen = state.seen + step_mask[:, 0].long()
         return self.lm_head(hidden[:, -1])
+
+    def _static_decode_step(self, tokens: Tensor, step_mask: Tensor, state: DecodeState) -> Tensor:
+        """The same step with in-place updates only (CUDA-graph safe): the query at
+        column ``next_col`` sees the real keys so far and always itself."""
+        col = state.next_col.view(1)
+        state.key_mask.index_copy_(1, col, step_mask)
+        k_idx = torch.arange(state.key_mask.shape[1], device=tokens.device)
+        allowed = state.key_mask | (k_idx == col)[None]
+        hidden = self._run(self.embed_tokens(tokens[:, None]), 1, text_positions(step_mask, state.seen),
+                           allowed[:, None, None, :], state.cache)
+        state.seen.add_(step_mask[:, 0].long())
+        state.next_col.add_(1)
+        return self.lm_head(self.norm(hidden)[:, -1])
 
     # ----------------------------------------------------------------- image
     def _with_image_marker(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

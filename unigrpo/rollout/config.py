@@ -19,6 +19,8 @@ class RolloutConfig:
     timestep_shift: float | None = None  # None: the policy's own shift
     timestep_fraction: float = 0.5    # share of the K steps trained (the early, high-noise half: FlowGRPO-Fast)
     timestep_window: str = "early"    # "early": the first steps (high noise); "random": a random subset per round
+    sde_window_only: bool = False     # stochastic only on the trained (early) steps, deterministic after
+    share_initial_noise: bool = False # one x_1 per prompt, shared by its G rounds
     guidance_scale: float = 1.0       # > 1: classifier-free guidance (ablation only: two velocities a step)
     use_cuda_graph: bool = True       # capture the denoising step on CUDA
 
@@ -33,6 +35,8 @@ class RolloutConfig:
             (self.noise_level >= 0, "noise_level must be >= 0"),
             (0 < self.timestep_fraction <= 1, "timestep_fraction must be in (0, 1]"),
             (self.timestep_window in ("early", "random"), "timestep_window must be 'early' or 'random'"),
+            (not self.sde_window_only or self.timestep_window == "early",
+             "sde_window_only needs timestep_window 'early' (one window for the whole batch)"),
             (self.guidance_scale >= 1, "guidance_scale must be >= 1 (1: no CFG)"),
         ]
         for ok, msg in checks:

@@ -50,10 +50,15 @@ def guided_velocity(policy: UnifiedPolicy, x: Tensor, sigma: Tensor, ctx: ImageC
 
 def denoise(policy: UnifiedPolicy, ctx: ImageContext, sigmas: Tensor, noise_level: float, x1: Tensor,
             step_noise: Tensor | None, *, uncond: ImageContext | None = None, guidance_scale: float = 1.0,
-            record: bool = True, graph: "GraphedStep | None" = None) -> Trajectory:
+            record: bool = True, graph: "GraphedStep | None" = None, sde_steps: int | None = None,
+            ode_graph: "GraphedStep | None" = None) -> Trajectory:
     """Run K = len(sigmas) - 1 steps from x1. noise_level 0 is the ODE (Euler) sampler.
 
-    ``graph``: a :class:`GraphedStep` to replay instead of running eagerly (CUDA)."""
+    ``sde_steps``: only the first ``sde_steps`` steps are stochastic, the rest
+    deterministic (their log-prob is recorded as 0: they are not trained).
+    ``graph``: a :class:`GraphedStep` at ``noise_level`` to replay instead of
+    running eagerly (CUDA); ``ode_graph``: one at noise level 0 for the
+    deterministic steps of an SDE rollout."""
     k_steps = sigmas.numel() - 1
     if noise_level > 0 and (step_noise is None or step_noise.shape[0] != k_steps):
         raise ValueError(f"step_noise must hold {k_steps} steps of noise for an SDE rollout")
@@ -63,12 +68,16 @@ def denoise(policy: UnifiedPolicy, ctx: ImageContext, sigmas: Tensor, noise_leve
     latents = [x] if record else None
     logps = []
     for k in range(k_steps):
-        noise = step_noise[k] if step_noise is not None else None
-        if graph is not None:
-            x, logp = graph(x, sig[k], sig[k + 1], noise)
+        stochastic = noise_level > 0 and (sde_steps is None or k < sde_steps)
+        noise = step_noise[k] if stochastic else None
+        step_graph = graph if stochastic or noise_level == 0 else ode_graph
+        if step_graph is not None:
+            x, logp = step_graph(x, sig[k], sig[k + 1], noise)
         else:
-            x, logp = sde_transition(policy, x, sig[k].expand(b), sig[k + 1].expand(b), noise_level, noise, ctx,
-                                     uncond, guidance_scale)
+            x, logp = sde_transition(policy, x, sig[k].expand(b), sig[k + 1].expand(b),
+                                     noise_level if stochastic else 0.0, noise, ctx, uncond, guidance_scale)
+        if logp is None and noise_level > 0:
+            logp = x.new_zeros(b, dtype=torch.float32)  # a deterministic step of an SDE rollout: not trained
         if record:
             latents.append(x)
         if logp is not None:

@@ -22,12 +22,17 @@ from .denoise import GraphedStep, denoise, draw_noise
 def train_step_mask(b: int, k: int, cfg: RolloutConfig, generator: torch.Generator | None) -> torch.Tensor:
     """bool (B, K): which denoising steps each round trains (FlowGRPO's timestep fraction)."""
     n = max(1, round(cfg.timestep_fraction * k))
-    if cfg.timestep_window == "early":
+    if cfg.timestep_window == "early":  # also the stochastic window when sde_window_only
         mask = torch.zeros(b, k, dtype=torch.bool)
         mask[:, :n] = True
         return mask
     order = torch.rand(b, k, generator=generator).argsort(1)
     return order < n
+
+
+def _sde_steps(cfg: RolloutConfig) -> int | None:
+    """How many leading steps are stochastic (None: all): with ``sde_window_only``, the trained window."""
+    return max(1, round(cfg.timestep_fraction * cfg.num_inference_steps)) if cfg.sde_window_only else None
 
 
 @torch.no_grad()
@@ -50,6 +55,7 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
 
     batch = policy.encode_prompts(texts, reasoning=True)
     r = policy.generate_reasoning(batch.ids, batch.mask, max_new_tokens=cfg.max_reasoning_tokens,
+                                  cuda_graph=cfg.use_cuda_graph,
                                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                   generator=generator)
     ids, mask = concat_tokens(batch.ids, batch.mask, r.ids, r.mask)
@@ -62,11 +68,16 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
     shift = policy.timestep_shift if cfg.timestep_shift is None else cfg.timestep_shift
     sigmas = sigma_schedule(cfg.num_inference_steps, shift, device=policy.device)
     x1, eps = draw_noise(policy, b, cfg.num_inference_steps, cfg.noise_level, generator)
-    graph = None
+    if cfg.share_initial_noise:  # a group differs only by its reasoning and its trained steps' noise
+        x1 = x1[::g].repeat_interleave(g, 0)
+    sde_steps = _sde_steps(cfg)
+    graph = ode_graph = None
     if cfg.use_cuda_graph and x1.is_cuda:
         graph = GraphedStep(policy, ctx, uncond, cfg.guidance_scale, cfg.noise_level, x1)
+        if sde_steps is not None and sde_steps < cfg.num_inference_steps and cfg.noise_level > 0:
+            ode_graph = GraphedStep(policy, ctx, uncond, cfg.guidance_scale, 0.0, x1)
     traj = denoise(policy, ctx, sigmas, cfg.noise_level, x1, eps, uncond=uncond,
-                   guidance_scale=cfg.guidance_scale, graph=graph)
+                   guidance_scale=cfg.guidance_scale, graph=graph, sde_steps=sde_steps, ode_graph=ode_graph)
     images = policy.latents_to_images(traj.latents[:, -1])
     reward = rewards(images.cpu(), texts, meta)
     cpu_gen = generator if generator is None or generator.device.type == "cpu" else None
