@@ -29,7 +29,10 @@ def _check(device, backend, dtype, n, v, temperature, entropy, scale=3.0, logits
     x64 = logits.detach().double().requires_grad_(True)
     ref = R.token_logprobs(x64, ids, temperature, entropy)
     ref_logp, ref_ent = ref if entropy else (ref, None)
-    assert_close_earned(logp, ref_logp)
+    # the kernels' contract is fp32 accuracy relative to the largest |z| = |logit| / T (they
+    # subtract an fp32 lse of that size), the same bound as the backend contract tests
+    zscale = max(1.0, float(logits.float().abs().max()) / temperature)
+    assert_close_earned(logp, ref_logp, atol=1e-6 * zscale)
     g = torch.randn(n, device=device)
     loss, ref_loss = (logp * g).sum(), (ref_logp * g).sum()
     if entropy:
@@ -45,7 +48,12 @@ def _check(device, backend, dtype, n, v, temperature, entropy, scale=3.0, logits
     lo_loss = (lo[0] * g).sum() + (lo[1] * ge).sum() if entropy else (lo * g).sum()
     (lo_grad,) = torch.autograd.grad(lo_loss, x32)
     assert grad.dtype == dtype
-    assert_close_earned(grad, ref_grad, dtype, ref_lo=lo_grad)
+    # and the gradients to that times the upstream gradient / T: the backward's
+    # p = exp(z - lse) carries lse's rounding (~|z| eps), which 1 - p_t turns into an
+    # absolute error when a row is nearly one-hot (hypothesis: V=3, T=0.125, z = 10.4,
+    # 4.0, -5.4: 1.6e-6 on a gradient of 6e-3); see test_property_random_shapes
+    upstream = float(g.abs().max()) + (float(ge.abs().max()) if entropy else 0.0)
+    assert_close_earned(grad, ref_grad, dtype, ref_lo=lo_grad, atol=1e-6 * zscale * upstream / temperature)
 
 
 @pytest.mark.parametrize("device,backend", PAIRS)
