@@ -1,6 +1,6 @@
 """The paper's ablations on the built-in task, each run with the same budget:
 
-    python -m unigrpo.ablate --iterations 20 --out runs/ablate
+    python -m unigrpo.ablate --iterations 40 --out runs/ablate
 
 joint vs text-only vs image-only training; velocity-MSE vs latent-KL vs no
 penalty; no-CFG vs CFG rollouts. Writes ``ablations.md`` (and .json): held-out
@@ -40,6 +40,15 @@ def image_drift(policy, ref, texts: list[str], steps: int, seed: int = 0) -> flo
     return float((a.float() - b.float()).abs().mean())
 
 
+def _reward_trend(history: list[dict], key: str = "reward/shaped_mean") -> dict:
+    """Mean training reward over the first and the last quarter of the iterations
+    (less noisy than any one held-out evaluation at this budget)."""
+    r = [h[key] for h in history if key in h]
+    q = max(1, len(r) // 4)
+    return {"train_reward_first": sum(r[:q]) / q if r else None,
+            "train_reward_final": sum(r[-q:]) / q if r else None}
+
+
 def run_variant(name: str, overrides: list[str], base: list[str], out: Path, drift_texts: list[str],
                 policy_factory=None, prompts=None, rewards=None, progress: bool = True) -> dict:
     from .train import Trainer, load_config
@@ -57,6 +66,7 @@ def run_variant(name: str, overrides: list[str], base: list[str], out: Path, dri
             "heldout_after": evals[-1]["eval/overall"] if evals else None,
             "train_reward_last": next((h.get("reward/shaped_mean") for h in reversed(history)
                                        if "reward/shaped_mean" in h), None),
+            **_reward_trend(history),
             "image_drift": image_drift(trainer.policy, trainer.ref, drift_texts, cfg.train.eval_steps)}
 
 
@@ -65,10 +75,12 @@ def to_markdown(rows: list[dict], budget: str) -> str:
         return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3g}")
 
     lines = [f"Budget per variant: {budget}.", "",
-             "| variant | held-out acc. before | after | image drift vs reference (0-255) | wall time (s) |",
-             "|---|---:|---:|---:|---:|"]
+             "| variant | held-out acc. before | after | train reward, first -> last quarter "
+             "| image drift vs reference (0-255) | wall time (s) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {f(r['heldout_before'], True)} | {f(r['heldout_after'], True)} | "
+                     f"{f(r.get('train_reward_first'))} -> {f(r.get('train_reward_final'))} | "
                      f"{f(r['image_drift'])} | {r['wall_s']} |")
     return "\n".join(lines) + "\n"
 
@@ -76,7 +88,9 @@ def to_markdown(rows: list[dict], budget: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m unigrpo.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=20, help="training iterations per variant (the budget)")
+    p.add_argument("--iterations", type=int, default=40, help="training iterations per variant (the budget)")
+    p.add_argument("--eval-images", type=int, default=24,
+                   help="held-out images per category before and after (24: the unigrpo.eval default)")
     p.add_argument("--out", default="runs/ablate")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="a subset of: " + "; ".join(VARIANTS))
     p.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
@@ -90,7 +104,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
-            f"train.save_every={args.iterations}"] + args.overrides
+            f"train.save_every={args.iterations}", f"train.eval_prompts_per_category={args.eval_images}"]
+    base += args.overrides
     drift_texts = [q.text for q in make_split(0).heldout[::10]]
     rows = []
     for name in args.variants:

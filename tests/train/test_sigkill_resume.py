@@ -64,7 +64,7 @@ CHILD = textwrap.dedent("""
 def _run(out: Path, kill_at: str = "none:0", resume: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", CHILD, str(out), kill_at, "resume" if resume else "fresh"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -269,13 +269,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = sorted({k for h in history for k in h if k.startswith("reward/") and k.endswith("_mean")})
     series = [(k, 0, f"train {k[7:-5]} reward") for k in keys] + [
-        ("accuracy/train_overall", 0, "train accuracy (strict)"),
+        ("accuracy/train_overall", 0, "train accuracy (strict)") if "reward/strict_mean" not in keys else None,
         ("eval/overall", 1, "held-out accuracy (ODE, strict)")]
-    for key, axis, label in series:
+    for key, axis, label in filter(None, series):
         pts = [(h["iteration"], h[key]) for h in history if key in h]
-        if pts:
-            xs, ys = zip(*pts)
-            ax[axis].plot(xs, ys, marker="o" if axis else None, label=label)
+        if not pts:
+            continue
+        xs, ys = map(np.asarray, zip(*pts))
+        if axis:  # a few held-out evaluations: markers
+            ax[axis].plot(xs, ys, marker="o", label=label)
+            continue
+        # one rollout batch per point is noisy: the raw series faint, a moving average over it
+        line, = ax[axis].plot(xs, ys, alpha=0.25, linewidth=0.8)
+        w = min(len(ys), max(1, len(ys) // 15))
+        smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
+        ax[axis].plot(xs[w - 1:], smooth, color=line.get_color(), label=f"{label} ({w}-iteration mean)")
     for a, title in zip(ax, ["rollouts", "evaluation"]):
         a.set_xlabel("iteration")
         a.set_title(title)
