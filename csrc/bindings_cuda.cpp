@@ -118,24 +118,34 @@ void check_weight_stride(ptr_t weight, int64_t weight_row_stride, int64_t D) {
         std::to_string(weight_row_stride));
 }
 
-void flow_row_sums(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
-                   ptr_t weight, int64_t weight_row_stride, ptr_t s1, ptr_t s2, ptr_t stream) {
+// The inputs of the two terms: x, x_next, cx, cv for the first (log-likelihood), v_ref
+// for the second (penalty), the weight optional, v always; the two per-row coefficient
+// outputs / inputs (s1 s2, or a b) are fp32. Returns the element size.
+int check_flow_inputs(int dtype, int64_t B, int64_t D, const char* first_name, ptr_t first, const char* second_name,
+                      ptr_t second, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref, ptr_t weight,
+                      int64_t weight_row_stride) {
   check_dtype(dtype);
   check_positive("B", B);
   check_positive("D", D);
   const int es = elem_size(dtype);
-  const bool w1 = s1 != 0, w2 = s2 != 0;
-  check_ptr("s1", s1, false, 4);
-  check_ptr("s2", s2, false, 4);
-  check_ptr("x", x, w1, es);
-  check_ptr("x_next", x_next, w1, es);
+  const bool has1 = first != 0, has2 = second != 0;
+  check_ptr(first_name, first, false, 4);
+  check_ptr(second_name, second, false, 4);
+  check_ptr("x", x, has1, es);
+  check_ptr("x_next", x_next, has1, es);
   check_ptr("v", v, true, es);
-  check_ptr("cx", cx, w1, 4);
-  check_ptr("cv", cv, w1, 4);
-  check_ptr("v_ref", v_ref, w2, es);
+  check_ptr("cx", cx, has1, 4);
+  check_ptr("cv", cv, has1, 4);
+  check_ptr("v_ref", v_ref, has2, es);
   check_ptr("weight", weight, false, es);
   check_weight_stride(weight, weight_row_stride, D);
-  if (!w1 && !w2) return;  // nothing asked for
+  return es;
+}
+
+void flow_row_sums(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
+                   ptr_t weight, int64_t weight_row_stride, ptr_t s1, ptr_t s2, ptr_t stream) {
+  check_flow_inputs(dtype, B, D, "s1", s1, "s2", s2, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride);
+  if (s1 == 0 && s2 == 0) return;  // nothing asked for
   check_launch(uc::launch_flow_row_sums(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
                                         as<const float>(cx), as<const float>(cv), as<const void>(v_ref),
                                         as<const void>(weight), weight_row_stride, as<float>(s1), as<float>(s2),
@@ -145,21 +155,8 @@ void flow_row_sums(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t
 
 void flow_row_grad(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
                    ptr_t weight, int64_t weight_row_stride, ptr_t a, ptr_t b, ptr_t grad_out, ptr_t stream) {
-  check_dtype(dtype);
-  check_positive("B", B);
-  check_positive("D", D);
-  const int es = elem_size(dtype);
-  const bool ha = a != 0, hb = b != 0;
-  check_ptr("a", a, false, 4);
-  check_ptr("b", b, false, 4);
-  check_ptr("x", x, ha, es);
-  check_ptr("x_next", x_next, ha, es);
-  check_ptr("v", v, true, es);
-  check_ptr("cx", cx, ha, 4);
-  check_ptr("cv", cv, ha, 4);
-  check_ptr("v_ref", v_ref, hb, es);
-  check_ptr("weight", weight, false, es);
-  check_weight_stride(weight, weight_row_stride, D);
+  const int es =
+      check_flow_inputs(dtype, B, D, "a", a, "b", b, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride);
   check_ptr("grad_out", grad_out, true, es);
   check_launch(uc::launch_flow_row_grad(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
                                         as<const float>(cx), as<const float>(cv), as<const void>(v_ref),

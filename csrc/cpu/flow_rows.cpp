@@ -216,26 +216,34 @@ void check_weight(const char* fn, std::uintptr_t weight, int64_t D, int64_t weig
                           std::to_string(weight_row_stride));
 }
 
-}  // namespace
-
-void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
-                   std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
-                   int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2) {
-  const char* fn = "flow_row_sums";
+// The inputs of the two terms: x, x_next, cx, cv for the first (log-likelihood), v_ref and
+// the weight for the second (penalty); v always. Returns the weight to use (0 without the
+// second term).
+std::uintptr_t check_flow_inputs(const char* fn, int dtype, int64_t B, int64_t D, bool first, bool second,
+                                 std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v, std::uintptr_t cx,
+                                 std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
+                                 int64_t weight_row_stride) {
   check_sizes(fn, dtype, B, D);
   check_nonnull(fn, "v", v);
-  if (s1 != 0) {
+  if (first) {
     check_nonnull(fn, "x", x);
     check_nonnull(fn, "x_next", x_next);
     check_nonnull(fn, "cx", cx);
     check_nonnull(fn, "cv", cv);
   }
-  if (s2 != 0) {
-    check_nonnull(fn, "v_ref", v_ref);
-    check_weight(fn, weight, D, weight_row_stride);
-  } else {
-    weight = 0;
-  }
+  if (!second) return 0;
+  check_nonnull(fn, "v_ref", v_ref);
+  check_weight(fn, weight, D, weight_row_stride);
+  return weight;
+}
+
+}  // namespace
+
+void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
+                   std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
+                   int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2) {
+  weight = check_flow_inputs("flow_row_sums", dtype, B, D, s1 != 0, s2 != 0, x, x_next, v, cx, cv, v_ref, weight,
+                             weight_row_stride);
   if (s1 == 0 && s2 == 0) return;  // nothing asked for
   float* o1 = reinterpret_cast<float*>(s1);
   float* o2 = reinterpret_cast<float*>(s2);
@@ -255,22 +263,9 @@ void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintp
 void flow_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
                    std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
                    int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b, std::uintptr_t grad_out) {
-  const char* fn = "flow_row_grad";
-  check_sizes(fn, dtype, B, D);
-  check_nonnull(fn, "v", v);
-  check_nonnull(fn, "grad_out", grad_out);
-  if (a != 0) {
-    check_nonnull(fn, "x", x);
-    check_nonnull(fn, "x_next", x_next);
-    check_nonnull(fn, "cx", cx);
-    check_nonnull(fn, "cv", cv);
-  }
-  if (b != 0) {
-    check_nonnull(fn, "v_ref", v_ref);
-    check_weight(fn, weight, D, weight_row_stride);
-  } else {
-    weight = 0;
-  }
+  weight = check_flow_inputs("flow_row_grad", dtype, B, D, a != 0, b != 0, x, x_next, v, cx, cv, v_ref, weight,
+                             weight_row_stride);
+  check_nonnull("flow_row_grad", "grad_out", grad_out);
   advise_huge_pages(reinterpret_cast<void*>(grad_out), uint64_t(B) * uint64_t(D) * (dtype == kFloat32 ? 4 : 2));
   switch (dtype) {
     case kFloat32:

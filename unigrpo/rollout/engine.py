@@ -19,9 +19,14 @@ from .config import RolloutConfig
 from .denoise import GraphedStep, denoise, draw_noise
 
 
+def trained_steps_per_round(k: int, cfg: RolloutConfig) -> int:
+    """How many of the K steps each round trains (FlowGRPO's timestep fraction), at least one."""
+    return max(1, round(cfg.timestep_fraction * k))
+
+
 def train_step_mask(b: int, k: int, cfg: RolloutConfig, generator: torch.Generator | None) -> torch.Tensor:
     """bool (B, K): which denoising steps each round trains (FlowGRPO's timestep fraction)."""
-    n = max(1, round(cfg.timestep_fraction * k))
+    n = trained_steps_per_round(k, cfg)
     if cfg.timestep_window == "early":  # also the stochastic window when sde_window_only
         mask = torch.zeros(b, k, dtype=torch.bool)
         mask[:, :n] = True
@@ -32,7 +37,7 @@ def train_step_mask(b: int, k: int, cfg: RolloutConfig, generator: torch.Generat
 
 def _sde_steps(cfg: RolloutConfig) -> int | None:
     """How many leading steps are stochastic (None: all): with ``sde_window_only``, the trained window."""
-    return max(1, round(cfg.timestep_fraction * cfg.num_inference_steps)) if cfg.sde_window_only else None
+    return trained_steps_per_round(cfg.num_inference_steps, cfg) if cfg.sde_window_only else None
 
 
 @torch.no_grad()
