@@ -236,3 +236,53 @@ def test_color_tolerance():
     x = np.array([[[[0.9, 0.1, 0.1], [0.52, 0.0, 0.0], [0.7, 0.7, 0.7], [0.2, 0.9, 0.8]]]], np.float32)
     assert classify_pixels(x, 0.45).tolist() == [[[1, 0, 0, 6]]]
     assert classify_pixels(x, 0.5).tolist() == [[[1, 1, 0, 6]]]
+
+
+def _rounded_square(cut: int, rgb=(255, 0, 0)) -> np.ndarray:
+    """A 9x9 square on a 32x32 canvas with a ``cut``-pixel triangle off each corner."""
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    block = np.ones((9, 9), bool)
+    for i in range(cut):
+        for j in range(cut - i):
+            for y, x in ((i, j), (i, 8 - j), (8 - i, j), (8 - i, 8 - j)):
+                block[y, x] = False
+    img[0, 10:19, 10:19][block] = rgb
+    return img
+
+
+def test_near_miss_credit_grows_toward_the_shape_the_rules_threshold():
+    from unigrpo.tasks.shapes.segment import near_miss_credit
+
+    credit = [near_miss_credit(S.detect(_rounded_square(cut))) for cut in (1, 2, 3)]
+    sq, ci = S.SHAPES.index("square"), S.SHAPES.index("circle")
+    fills = [S.detect(_rounded_square(cut)).fill[0] for cut in (1, 2, 3)]
+    assert fills[0] >= 0.87 > fills[1] > 0.8 > fills[2]  # square, then circles by the rules
+    assert credit[0][0, sq] == 1.0 and credit[1][0, ci] == 1.0 and credit[2][0, ci] == 1.0
+    assert 0.3 < credit[1][0, sq] < 0.5 and credit[2][0, sq] == 0.0  # 0.5 * (1 - (0.87 - fill) / 0.1)
+    assert credit[0][0, ci] == pytest.approx(0.5 * (1 - (fills[0] - 0.87) / 0.1))  # past the circles' edge
+
+
+def test_dense_mode_credits_near_misses_only_where_unclaimed():
+    red_square = S.Constraints((S.ObjectSpec("square", "red"),))
+    blue_square = S.Constraints((S.ObjectSpec("square", "blue"),))
+    scores = {mode: [S.score(_rounded_square(c), [red_square], mode=mode)[0][0] for c in (1, 2, 3)]
+              for mode in S.verifier.MODES}
+    assert scores["strict"] == [1.0, 0.0, 0.0] and scores["shaped"] == [1.0, 0.0, 0.0]
+    d = scores["dense"]
+    assert d[0] == 1.0 and 0.0 < d[1] < 0.5 and d[2] == 0.0  # more credit the squarer it is
+    # the credit is (0.5 * (1 - d)) for the count clause, times the same for exclusivity
+    credit = S.segment.near_miss_credit(S.detect(_rounded_square(2)))[0, S.SHAPES.index("square")]
+    assert d[1] == pytest.approx(credit ** 2, rel=1e-5)
+    # a colour-incompatible group gets nothing
+    assert S.score(_rounded_square(2), [blue_square], mode="dense")[0][0] == 0.0
+    # images where no near miss got credit score exactly as in shaped, the others no lower
+    prompts = S.all_prompts()
+    imgs, _ = S.render_prompts(prompts, np.random.default_rng(7))
+    kept, edited = _edit(prompts, 4, lambda plan, p, rng: _replace(plan, 0, shape="circle"))
+    for ims, ps in ((imgs, prompts), (_blur(edited), kept)):
+        shaped, _ = S.score(ims, ps, mode="shaped")
+        dense, bd = S.score(ims, ps, mode="dense")
+        credited = np.array([any("near misses" in c.detail for c in cl) for cl in bd.clauses])
+        assert np.array_equal(dense[~credited], shaped[~credited])
+        assert (dense[credited] > shaped[credited]).all()
+    assert credited.sum() > 10  # squares redrawn as circles: near misses

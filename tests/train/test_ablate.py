@@ -22,5 +22,6 @@ def test_every_variant_runs_and_reports(tmp_path):
     assert [r["variant"] for r in rows] == list(VARIANTS)
     assert all(r["image_drift"] >= 0 and r["train_reward_last"] is not None for r in rows)
     assert all(r["train_reward_first"] is not None and r["train_reward_final"] is not None for r in rows)
+    assert all(r["wall_s"] > 0 for r in rows)
     table = to_markdown(rows, "1 iteration")
     assert table.count("\n|") == len(VARIANTS) + 2 and "text-only" in table and " -> " in table

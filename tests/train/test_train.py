@@ -58,6 +58,9 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["rollout.num_generations=two"])
     with pytest.raises(ValueError, match="loss.image_penalty must be one of"):
         load_config(None, ["loss.image_penalty=kl"])
+    with pytest.raises(ValueError, match=r"train.reward_mode must be one of \('strict', 'shaped', 'dense'\)"):
+        load_config(None, ["train.reward_mode=soft"])
+    assert load_config(None, ["train.reward_mode=dense"]).train.reward_mode == "dense"
     y = tmp_path / "c.yaml"
     y.write_text("loss:\n  beta_v: 0.5\nrollout:\n  noise_level: 0.8\n")
     cfg = load_config(y, ["loss.beta_v=0.25"])
@@ -86,6 +89,16 @@ def test_few_iterations_improve_a_toy_reward(tmp_path):
     assert sum(r[-3:]) / 3 > sum(r[:2]) / 2 + 0.02, r
     assert (tmp_path / "curves.png").exists() and (tmp_path / "metrics.jsonl").exists()
     assert (tmp_path / "config.yaml").exists()
+
+
+def test_known_initial_evaluation_is_recorded_not_rerun(tmp_path, monkeypatch):
+    tags = []
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, tag: tags.append(tag) or {"eval/overall": 0.25})
+    t = trainer(tmp_path, ["train.iterations=1"])
+    t.do_eval = True
+    h = t.fit(initial_eval={"eval/overall": 0.5})
+    assert tags == ["000001"] and h[0] == {"iteration": 0, "eval/overall": 0.5}
+    assert h[-1]["eval/overall"] == 0.25 and h[-1]["reward/mean"] == h[-1]["reward/bright_mean"]
 
 
 def _weights(policy):

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..rollout import RolloutConfig
+from ..tasks.shapes.verifier import MODES as REWARD_MODES
 from .losses import LossConfig
 
 
@@ -42,7 +43,7 @@ class LoopConfig:
     minibatch_size: int = 16        # rounds per minibatch
     gradient_accumulation_steps: int = 1
     seed: int = 0
-    reward_mode: str = "shaped"     # the shapes verifier in training: strict | shaped
+    reward_mode: str = "shaped"     # the shapes verifier in training: strict | shaped | dense
     output_dir: str = "runs/unigrpo"
     save_every: int = 100
     eval_every: int = 100
@@ -63,8 +64,8 @@ class TrainConfig:
         self.rollout.validate()
         self.loss.validate()
         t = self.train
-        if t.reward_mode not in ("strict", "shaped"):
-            raise ValueError(f"train.reward_mode must be 'strict' or 'shaped', got {t.reward_mode!r}")
+        if t.reward_mode not in REWARD_MODES:
+            raise ValueError(f"train.reward_mode must be one of {REWARD_MODES}, got {t.reward_mode!r}")
         for name in ("iterations", "prompts_per_iteration", "num_inner_epochs", "minibatch_size",
                      "gradient_accumulation_steps", "save_every", "eval_every", "eval_steps"):
             if getattr(t, name) < 1:

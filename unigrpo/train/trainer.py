@@ -48,8 +48,9 @@ def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def _reward_metrics(batch, train_reward: str) -> dict[str, float]:
-    out = {}
+def _reward_metrics(batch) -> dict[str, float]:
+    """reward/mean: the trained (weighted) reward; reward/<name>_*: each component."""
+    out = {"reward/mean": float(batch.rewards.mean())}
     for name, scores in batch.reward_components.items():
         out[f"reward/{name}_mean"] = float(scores.mean())
         out[f"reward/{name}_std"] = float(scores.std()) if len(scores) > 1 else 0.0
@@ -87,9 +88,10 @@ class Trainer:
 
             prompts = make_split(0).train
         self.prompts = list(prompts)
-        self.rewards = rewards or WeightedRewards([
-            ("shaped", shapes_verifier_reward("shaped"), 1.0 if cfg.train.reward_mode == "shaped" else 0.0),
-            ("strict", shapes_verifier_reward("strict"), 1.0 if cfg.train.reward_mode == "strict" else 0.0)])
+        mode = cfg.train.reward_mode  # trained on; strict (the accuracy) is always logged
+        self.rewards = rewards or WeightedRewards(
+            [(mode, shapes_verifier_reward(mode), 1.0)]
+            + ([("strict", shapes_verifier_reward("strict"), 0.0)] if mode != "strict" else []))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay)
@@ -182,7 +184,7 @@ class Trainer:
         if micro:
             grad_norms.append(self._step())
         elapsed = time.perf_counter() - start
-        metrics = {**_reward_metrics(batch, t.reward_mode), **_mean_stats(stats),
+        metrics = {**_reward_metrics(batch), **_mean_stats(stats),
                    "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                    "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(batch) / rollout_s,
                    "train/iteration_s": elapsed, "train/advantage_abs_mean": float(adv.abs().mean()),
@@ -216,12 +218,14 @@ class Trainer:
         out.update({f"eval/{k}": v for k, v in r.get("per_category", {}).items()})
         return out
 
-    def fit(self) -> list[dict[str, Any]]:
+    def fit(self, initial_eval: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Train to ``train.iterations``. ``initial_eval``: the iteration-0 evaluation when
+        already known (same start checkpoint, same eval settings), recorded instead of re-run."""
         t = self.cfg.train
         log = open(self.run_dir / "metrics.jsonl", "a")
         writer = _tensorboard(self.run_dir)
         if self.iteration == 0 and self.do_eval:
-            self._record({"iteration": 0, **self.evaluate("000000")}, log, writer)
+            self._record({"iteration": 0, **(initial_eval or self.evaluate("000000"))}, log, writer)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="unigrpo", disable=not self.progress)
         while self.iteration < t.iterations:
             metrics = self.train_iteration()
@@ -231,7 +235,7 @@ class Trainer:
             self._record({"iteration": self.iteration, **metrics}, log, writer)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items()
-                             if k in ("reward/shaped_mean", "accuracy/train_overall", "eval/overall")})
+                             if k in ("reward/mean", "accuracy/train_overall", "eval/overall")})
             if self.iteration % t.save_every == 0 or self.iteration == t.iterations:
                 self.save()
         bar.close()

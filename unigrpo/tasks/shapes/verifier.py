@@ -14,7 +14,14 @@ GenEval-style clauses per prompt, checked on detections from :mod:`.segment`:
 credit) is the mean of the count and relation clause scores
 (``max(0, 1 - |found - count| / count)`` per count clause, 0/1 per
 relation) times the ``exclusive`` score, the fraction of detections that are
-wanted (1 with no detections), so clutter and noise cannot earn credit.  The verifier sees only pixels and constraints,
+wanted (1 with no detections), so clutter and noise cannot earn credit.
+``dense`` is ``shaped`` plus near-miss credit (:func:`.segment.near_miss_credit`)
+for detections no group claims: each such object adds its credit (at most
+0.5) to the count of the colour-compatible group still short of its count that
+it most nearly matches (never past the count), and to the ``exclusive`` score.
+A square drawn a little round, which ``shaped`` scores as a missing square
+plus an extra circle, thus earns more the squarer it gets; ``dense >= shaped``,
+with equality where no near miss fills a gap.  The verifier sees only pixels and constraints,
 never the prompt text or any reasoning.
 """
 
@@ -25,13 +32,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .segment import COLOR_TOL, MIN_AREA, Detections, detect
+from .segment import COLOR_TOL, MIN_AREA, Detections, detect, near_miss_credit
 from .spec import Constraints, Prompt
 from .vocab import COLOR_NAMES, SHAPES
 
 __all__ = ["Clause", "ScoreBreakdown", "score", "MODES"]
 
-MODES = ("strict", "shaped")
+MODES = ("strict", "shaped", "dense")
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class Clause:
 class ScoreBreakdown:
     """Per-image results of :func:`score`.
 
-    ``strict``, ``shaped``: float32 (B,); ``clauses[i]``: image ``i``'s clauses;
+    ``strict``, ``shaped``: float32 (B,) (``shaped``: the partial credit of the
+    mode scored, i.e. ``dense`` in that mode); ``clauses[i]``: image ``i``'s clauses;
     ``categories[i]``: prompt category (``""`` for bare constraints);
     ``detections``: everything detected in the batch."""
 
@@ -85,20 +93,49 @@ class ScoreBreakdown:
 _REL_AXIS = {"left_of": (0, -1), "right_of": (0, 1), "above": (1, -1), "below": (1, 1)}
 
 
-def _score_one(c: Constraints, shp, col, cx, cy, area, margins) -> list[Clause]:
+def _near_misses(c: Constraints, hits: list[np.ndarray], claimed: np.ndarray, col,
+                 near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Near-miss credit of the unclaimed detections, each given to the colour-compatible
+    group it most nearly matches among those still short of their count, and never
+    past that count (so ``dense >= shaped``).  Returns (credit per group (G,),
+    credit per detection (N,))."""
+    short = np.array([g.count - h.sum() for g, h in zip(c.objects, hits)], np.float64)
+    per_group, per_det = np.zeros(len(c.objects)), np.zeros(claimed.shape)
+    fits = np.zeros((claimed.size, len(c.objects)))
+    for gi, g in enumerate(c.objects):
+        ok = (col == COLOR_NAMES.index(g.color)) if g.color is not None else np.ones(claimed.shape, bool)
+        fits[:, gi] = np.where(ok & ~claimed, near[:, SHAPES.index(g.shape)], 0.0)
+    for i in np.argsort(-fits.max(1), kind="stable"):
+        open_fits = np.where(short > 0, fits[i], 0.0)
+        gi = int(open_fits.argmax())
+        give = min(open_fits[gi], short[gi])
+        if give > 0:
+            short[gi] -= give
+            per_group[gi] += give
+            per_det[i] = give
+    return per_group, per_det
+
+
+def _score_one(c: Constraints, shp, col, cx, cy, area, margins, near=None) -> list[Clause]:
     clauses = []
     claimed = np.zeros(shp.shape, bool)
     reps: list[int] = []
+    hits = []
     for g in c.objects:
         hit = shp == SHAPES.index(g.shape)
         if g.color is not None:
             hit &= col == COLOR_NAMES.index(g.color)
         claimed |= hit
+        hits.append(hit)
+    extra_found, extra_claim = (_near_misses(c, hits, claimed, col, near) if near is not None
+                                else (np.zeros(len(c.objects)), np.zeros(shp.shape)))
+    for g, hit, extra in zip(c.objects, hits, extra_found):
         found = int(hit.sum())
         reps.append(int(np.flatnonzero(hit)[area[hit].argmax()]) if found else -1)
         label = f"{g.color} {g.shape}" if g.color else f"any-color {g.shape}"
+        detail = f"found {found}" + (f" (+{extra:.2f} near misses)" if extra else "")
         clauses.append(Clause(f"count({label})={g.count}", "count", found == g.count,
-                              max(0.0, 1.0 - abs(found - g.count) / g.count), f"found {found}"))
+                              max(0.0, 1.0 - abs(found + extra - g.count) / g.count), detail))
     for r in c.relations:
         a, b = reps[r.subject], reps[r.reference]
         name = f"{r.relation}({c.objects[r.subject].shape}, {c.objects[r.reference].shape})"
@@ -114,7 +151,7 @@ def _score_one(c: Constraints, shp, col, cx, cy, area, margins) -> list[Clause]:
     if c.exclusive:
         n, extra = claimed.size, int((~claimed).sum())
         clauses.append(Clause("exclusive", "exclusive", extra == 0,
-                              1.0 if n == 0 else (n - extra) / n, f"{extra} extra of {n}"))
+                              1.0 if n == 0 else (n - extra + extra_claim.sum()) / n, f"{extra} extra of {n}"))
     return clauses
 
 
@@ -126,7 +163,8 @@ def score(images, prompts: Sequence[Prompt | Constraints], mode: str = "strict",
     ``images``: (B, H, W, 3) uint8 in [0, 255] or float in [0, 1] (numpy or a
     CPU torch tensor, channels last); ``prompts``: B prompts (or bare
     constraints).  ``mode``: ``"strict"`` (GenEval: 1 iff every clause holds)
-    or ``"shaped"`` (mean clause score).  ``color_tol``/``min_area``: see
+    , ``"shaped"`` (mean clause score) or ``"dense"`` (shaped plus near-miss
+    shape credit).  ``color_tol``/``min_area``: see
     :func:`.segment.detect`; ``position_margin``: relation margin as a fraction
     of the image side.  Returns ``(scores float32 (B,) in [0, 1], breakdown)``."""
     if mode not in MODES:
@@ -137,6 +175,7 @@ def score(images, prompts: Sequence[Prompt | Constraints], mode: str = "strict",
         raise ValueError(f"{b} images but {len(prompts)} prompts")
     h, w = det.size
     margins = (position_margin * w, position_margin * h)
+    near = near_miss_credit(det) if mode == "dense" else None
     strict = np.zeros(b, np.float32)
     shaped = np.zeros(b, np.float32)
     all_clauses, cats = [], []
@@ -144,7 +183,8 @@ def score(images, prompts: Sequence[Prompt | Constraints], mode: str = "strict",
         c = p.constraints if isinstance(p, Prompt) else p
         cats.append(p.category if isinstance(p, Prompt) else "")
         s = slice(det.offsets[i], det.offsets[i + 1])
-        clauses = _score_one(c, det.shape[s], det.color[s], det.cx[s], det.cy[s], det.area[s], margins)
+        clauses = _score_one(c, det.shape[s], det.color[s], det.cx[s], det.cy[s], det.area[s], margins,
+                             None if near is None else near[s])
         strict[i] = float(all(cl.passed for cl in clauses))
         shaped[i] = float(np.mean([cl.score for cl in clauses if cl.kind != "exclusive"]))
         shaped[i] *= float(np.prod([cl.score for cl in clauses if cl.kind == "exclusive"]))
