@@ -61,6 +61,8 @@ def test_config_overrides_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"train.reward_mode must be one of \('strict', 'shaped', 'dense'\)"):
         load_config(None, ["train.reward_mode=soft"])
     assert load_config(None, ["train.reward_mode=dense"]).train.reward_mode == "dense"
+    with pytest.raises(ValueError, match="optim.lr_scheduler_type must be one of"):
+        load_config(None, ["optim.lr_scheduler_type=step"])
     y = tmp_path / "c.yaml"
     y.write_text("loss:\n  beta_v: 0.5\nrollout:\n  noise_level: 0.8\n")
     cfg = load_config(y, ["loss.beta_v=0.25"])
@@ -99,6 +101,18 @@ def test_known_initial_evaluation_is_recorded_not_rerun(tmp_path, monkeypatch):
     h = t.fit(initial_eval={"eval/overall": 0.5})
     assert tags == ["000001"] and h[0] == {"iteration": 0, "eval/overall": 0.5}
     assert h[-1]["eval/overall"] == 0.25 and h[-1]["reward/mean"] == h[-1]["reward/bright_mean"]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_lr_decays_to_zero_over_the_run(tmp_path, kind):
+    from unigrpo.train.config import optimizer_steps_per_iteration
+
+    t = trainer(tmp_path, ["train.iterations=3", f"optim.lr_scheduler_type={kind}", "optim.warmup_steps=1",
+                           "train.num_inner_epochs=2", "train.minibatch_size=5"])
+    assert optimizer_steps_per_iteration(t.cfg) == 8  # 16 rounds: 4 minibatches of <= 5, twice
+    lrs = [row["train/lr"] for row in t.fit() if "train/lr" in row]
+    assert 1e-4 > lrs[0] > lrs[1] > lrs[2] == pytest.approx(0.0, abs=1e-12)  # logged after each iteration
+    assert t.counters["optimizer_steps"] == 24
 
 
 def _weights(policy):

@@ -17,6 +17,8 @@ import yaml
 
 from ..rollout import RolloutConfig
 from ..tasks.shapes.verifier import MODES as REWARD_MODES
+
+LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 from .losses import LossConfig
 
 
@@ -33,6 +35,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
+    # transformers' schedulers, over all the run's optimizer steps (TRL's name and choices)
+    lr_scheduler_type: str = "constant_with_warmup"
 
 
 @dataclass
@@ -50,6 +54,15 @@ class LoopConfig:
     eval_prompts_per_category: int = 24  # = python -m unigrpo.eval: the same 216 held-out images
     eval_steps: int = 40
     bf16_autocast: bool = True      # on CUDA only
+
+
+def optimizer_steps_per_iteration(cfg: "TrainConfig") -> int:
+    """Optimizer steps one iteration takes: its minibatches over the inner epochs,
+    accumulated (a last partial accumulation still steps)."""
+    t = cfg.train
+    rounds = t.prompts_per_iteration * cfg.rollout.num_generations
+    minibatches = t.num_inner_epochs * -(-rounds // t.minibatch_size)
+    return -(-minibatches // t.gradient_accumulation_steps)
 
 
 @dataclass
@@ -70,6 +83,9 @@ class TrainConfig:
                      "gradient_accumulation_steps", "save_every", "eval_every", "eval_steps"):
             if getattr(t, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if self.optim.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(f"optim.lr_scheduler_type must be one of {LR_SCHEDULERS}, "
+                             f"got {self.optim.lr_scheduler_type!r}")
         if self.optim.lr <= 0 or self.optim.max_grad_norm <= 0:
             raise ValueError("optim.lr and optim.max_grad_norm must be > 0")
 

@@ -15,12 +15,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from ..rewards import NonFiniteRewardError, WeightedRewards, shapes_verifier_reward
 from ..rollout import generate_rounds
 from . import checkpointing
 from .advantages import group_advantages
-from .config import TrainConfig, save as save_config
+from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
 from .losses import joint_loss
 
 BUILTIN = "builtin:shapes-sft"
@@ -95,8 +96,8 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay)
-        warm = max(1, o.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.scheduler = get_scheduler(o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
+                                       num_training_steps=cfg.train.iterations * optimizer_steps_per_iteration(cfg))
         self.generators = {
             "rollout": torch.Generator(self.device).manual_seed(seed + 1),
             "shuffle": torch.Generator().manual_seed(seed + 2),
