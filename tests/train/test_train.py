@@ -115,6 +115,16 @@ def test_lr_decays_to_zero_over_the_run(tmp_path, kind):
     assert t.counters["optimizer_steps"] == 24
 
 
+@pytest.mark.parametrize("context_grad", [True, False])
+def test_image_context_grad_decides_whether_image_losses_train_the_text_encoding(tmp_path, context_grad):
+    t = trainer(tmp_path, ["train.iterations=1", "loss.train_text=false", "optim.lr=1e-2", "optim.warmup_steps=0",
+                           f"loss.image_context_grad={str(context_grad).lower()}"])
+    emb, head = t.policy.embed_tokens.weight.detach().clone(), t.policy.velocity_head.weight.detach().clone()
+    t.train_iteration()
+    assert not torch.equal(head, t.policy.velocity_head.weight)  # the image path trains either way
+    assert torch.equal(emb, t.policy.embed_tokens.weight) != context_grad
+
+
 def _weights(policy):
     return {k: v.clone() for k, v in policy.state_dict().items()}
 

@@ -41,6 +41,9 @@ class LossConfig:
     beta_v: float = 1.0                  # weight of the image penalty
     image_penalty: str = "velocity_mse"  # velocity_mse (UniGRPO) | latent_kl (FlowGRPO) | none
     lambda_img: float = 1.0
+    # the image losses' gradients also reach the text context the image tokens attend to
+    # (the shared layers' encoding of prompt + reasoning); false: they train only the image path
+    image_context_grad: bool = True
     train_text: bool = True
     train_image: bool = True
     mask_truncated: bool = False         # drop rounds whose reasoning hit the length limit
@@ -106,12 +109,13 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
     x, x_next = mb.latents[rows, steps], mb.latents[rows, steps + 1]
 
     def velocity(model, grad: bool):
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad and cfg.image_context_grad):
             ctx = model.image_context(ids, mask).select(rows)
             uncond = None
             if mb.guidance_scale != 1.0:
                 empty = model.encode_prompts([""] * len(mb), reasoning=False)
                 uncond = model.image_context(empty.ids, empty.mask).select(rows)
+        with torch.set_grad_enabled(grad):
             return guided_velocity(model, x, sig, ctx, uncond, mb.guidance_scale)
 
     v = velocity(policy, True)
