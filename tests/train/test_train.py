@@ -48,9 +48,9 @@ def test_group_advantages():
 
 # -------------------------------------------------------------------- config
 def test_config_overrides_and_errors(tmp_path):
-    cfg = load_config(None, ["loss.beta_v=0.01", "optim.lr=1e-4", "rollout.num_generations=8",
+    cfg = load_config(None, ["loss.beta_v=0.01", "optim.lr=3e-4", "rollout.num_generations=16",
                              "loss.epsilon_high=0.28", "loss.train_text=false"])
-    assert cfg.loss.beta_v == 0.01 and cfg.optim.lr == 1e-4 and cfg.rollout.num_generations == 8
+    assert cfg.loss.beta_v == 0.01 and cfg.optim.lr == 3e-4 and cfg.rollout.num_generations == 16
     assert cfg.loss.epsilon_high == 0.28 and cfg.loss.train_text is False
     with pytest.raises(KeyError, match="unknown config key 'loss.bta_v'; valid keys: .*loss.beta_v"):
         load_config(None, ["loss.bta_v=1"])
@@ -133,8 +133,17 @@ def test_resume_continues_exactly(tmp_path):
     common = ["train.iterations=4", "train.save_every=2", "optim.lr=3e-3"]
     full = trainer(tmp_path / "full", common)
     full_hist = full.fit()
-    part = trainer(tmp_path / "part", common[:1] + ["train.iterations=2"] + common[1:])
-    part.fit()
+    part = trainer(tmp_path / "part", common)  # the same run (same lr schedule), stopped at 2
+    step = part.train_iteration
+
+    def stop_after_checkpoint_2():
+        if part.iteration == 2:
+            raise KeyboardInterrupt
+        return step()
+
+    part.train_iteration = stop_after_checkpoint_2
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
     cfg = load_config(None, FAST + [f"train.output_dir={tmp_path / 'part'}"] + common)
     resumed = Trainer(cfg, policy=tiny(0), prompts=PROMPTS, rewards=WeightedRewards([("bright", brightness, 1.0)]),
                       progress=False, evaluate=False, resume=tmp_path / "part")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class RolloutConfig:
-    num_generations: int = 4          # G rounds per prompt (TRL)
+    num_generations: int = 8          # G rounds per prompt (TRL's default)
     # text
     temperature: float = 1.0
     top_p: float = 1.0

@@ -38,7 +38,10 @@ class LossConfig:
     scale_rewards: str = "group"         # group | batch | none (Dr. GRPO)
     adv_clip_max: float = 5.0
     clip_range: float = 1e-4             # image ratio clip (FlowGRPO)
-    beta_v: float = 1.0                  # weight of the image penalty
+    # weight of the image penalty. It is not scale-free: Adam follows whichever gradient dominates,
+    # and the surrogate's is small (mean-over-dims log-probs, clip 1e-4); on the built-in model the
+    # penalty's gradient at beta_v=1 is 10-500x the surrogate's and pins the image policy
+    beta_v: float = 1e-3
     image_penalty: str = "velocity_mse"  # velocity_mse (UniGRPO) | latent_kl (FlowGRPO) | none
     lambda_img: float = 1.0
     # the image losses' gradients also reach the text context the image tokens attend to
