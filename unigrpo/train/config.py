@@ -17,9 +17,9 @@ import yaml
 
 from ..rollout import RolloutConfig
 from ..tasks.shapes.verifier import MODES as REWARD_MODES
+from .losses import LossConfig
 
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
-from .losses import LossConfig
 
 
 @dataclass

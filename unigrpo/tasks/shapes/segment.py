@@ -151,12 +151,17 @@ FILL_MIN = 0.45  # below this nothing is a shape (lines, rings, scattered noise)
 FILL_CIRCLE_MIN = 0.6
 
 
+def _could_be_shape(w, h, fill) -> np.ndarray:
+    """Components some shape rule may accept: not tiny, elongated or sparse."""
+    aspect = w / h
+    return (w >= 3) & (h >= 3) & (aspect > 0.6) & (aspect < 1.67) & (fill >= FILL_MIN)
+
+
 def _classify_shapes(w, h, fill, tb) -> np.ndarray:
     """Shape id per component (-1 unknown) from bbox size, fill ratio and
     top/bottom mass ratio.  Clean renders: square fill 1, disc 0.76-0.85,
     triangle 0.51-0.57 with top/bottom 0.29-0.4 (discs and squares 1)."""
-    aspect = w / h
-    sane = (w >= 3) & (h >= 3) & (aspect > 0.6) & (aspect < 1.67) & (fill >= FILL_MIN)
+    sane = _could_be_shape(w, h, fill)
     symmetric = (tb >= TB_TRIANGLE) & (tb <= 1.0 / TB_TRIANGLE)
     triangle = sane & (tb < TB_TRIANGLE) & (fill < FILL_SQUARE)
     square = sane & symmetric & (fill >= FILL_SQUARE)
@@ -182,7 +187,7 @@ def near_miss_credit(det: Detections) -> np.ndarray:
     call a shape (tiny, elongated, sparse) earn nothing."""
     fill, tb = det.fill, det.top_bottom
     w, h = det.bbox[:, 2] - det.bbox[:, 0] + 1, det.bbox[:, 3] - det.bbox[:, 1] + 1
-    sane = (w >= 3) & (h >= 3) & (det.aspect > 0.6) & (det.aspect < 1.67) & (fill >= FILL_MIN)
+    sane = _could_be_shape(w, h, fill)
     relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
     off_sym = (relu(TB_TRIANGLE - tb) + relu(tb - 1.0 / TB_TRIANGLE)) / NEAR_TB
     dist = np.empty((fill.size, 3))

@@ -93,7 +93,7 @@ class ScoreBreakdown:
 _REL_AXIS = {"left_of": (0, -1), "right_of": (0, 1), "above": (1, -1), "below": (1, 1)}
 
 
-def _near_misses(c: Constraints, hits: list[np.ndarray], claimed: np.ndarray, col,
+def _near_misses(c: Constraints, hits: list[np.ndarray], colour_ok: list[np.ndarray], claimed: np.ndarray,
                  near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Near-miss credit of the unclaimed detections, each given to the colour-compatible
     group it most nearly matches among those still short of their count, and never
@@ -102,8 +102,7 @@ def _near_misses(c: Constraints, hits: list[np.ndarray], claimed: np.ndarray, co
     short = np.array([g.count - h.sum() for g, h in zip(c.objects, hits)], np.float64)
     per_group, per_det = np.zeros(len(c.objects)), np.zeros(claimed.shape)
     fits = np.zeros((claimed.size, len(c.objects)))
-    for gi, g in enumerate(c.objects):
-        ok = (col == COLOR_NAMES.index(g.color)) if g.color is not None else np.ones(claimed.shape, bool)
+    for gi, (g, ok) in enumerate(zip(c.objects, colour_ok)):
         fits[:, gi] = np.where(ok & ~claimed, near[:, SHAPES.index(g.shape)], 0.0)
     for i in np.argsort(-fits.max(1), kind="stable"):
         open_fits = np.where(short > 0, fits[i], 0.0)
@@ -120,14 +119,12 @@ def _score_one(c: Constraints, shp, col, cx, cy, area, margins, near=None) -> li
     clauses = []
     claimed = np.zeros(shp.shape, bool)
     reps: list[int] = []
-    hits = []
-    for g in c.objects:
-        hit = shp == SHAPES.index(g.shape)
-        if g.color is not None:
-            hit &= col == COLOR_NAMES.index(g.color)
+    colour_ok = [col == COLOR_NAMES.index(g.color) if g.color is not None else np.ones(shp.shape, bool)
+                 for g in c.objects]
+    hits = [(shp == SHAPES.index(g.shape)) & ok for g, ok in zip(c.objects, colour_ok)]
+    for hit in hits:
         claimed |= hit
-        hits.append(hit)
-    extra_found, extra_claim = (_near_misses(c, hits, claimed, col, near) if near is not None
+    extra_found, extra_claim = (_near_misses(c, hits, colour_ok, claimed, near) if near is not None
                                 else (np.zeros(len(c.objects)), np.zeros(shp.shape)))
     for g, hit, extra in zip(c.objects, hits, extra_found):
         found = int(hit.sum())
@@ -162,9 +159,9 @@ def score(images, prompts: Sequence[Prompt | Constraints], mode: str = "strict",
 
     ``images``: (B, H, W, 3) uint8 in [0, 255] or float in [0, 1] (numpy or a
     CPU torch tensor, channels last); ``prompts``: B prompts (or bare
-    constraints).  ``mode``: ``"strict"`` (GenEval: 1 iff every clause holds)
-    , ``"shaped"`` (mean clause score) or ``"dense"`` (shaped plus near-miss
-    shape credit).  ``color_tol``/``min_area``: see
+    constraints).  ``mode``: ``"strict"`` (GenEval: 1 iff every clause
+    holds), ``"shaped"`` (mean clause score) or ``"dense"`` (shaped plus
+    near-miss shape credit).  ``color_tol``/``min_area``: see
     :func:`.segment.detect`; ``position_margin``: relation margin as a fraction
     of the image side.  Returns ``(scores float32 (B,) in [0, 1], breakdown)``."""
     if mode not in MODES:
