@@ -24,12 +24,27 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def _drop_stale_cache(build_temp: Path) -> None:
+    """Under build isolation each `pip install .` runs from a new temporary
+    environment, but the CMake cache remembers the cmake and ninja of the first
+    one; once those are gone the build fails. Start afresh when they differ."""
+    import shutil
+
+    stamp = build_temp / "toolchain.txt"
+    toolchain = "\n".join([shutil.which("cmake") or "", shutil.which("ninja") or "", sys.executable])
+    if build_temp.exists() and (not stamp.exists() or stamp.read_text() != toolchain):
+        shutil.rmtree(build_temp)
+    build_temp.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(toolchain)
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp).resolve() / "cmake"
+        _drop_stale_cache(build_temp)
         build_temp.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
