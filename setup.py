@@ -1,5 +1,5 @@
-"""Builds the torch-free native library (csrc/) with CMake and installs the
-Triton kernels (kernels/) as ``unigrpo.kernels``.
+"""Builds the torch-free native library (csrc/) with CMake; the Triton kernels
+are the plain Python package ``unigrpo.ops.triton``.
 
 Environment:
   UNIGRPO_SKIP_CUDA_BUILD=1   never build the CUDA module, even with nvcc present
@@ -67,9 +67,8 @@ class CMakeBuild(build_ext):
 
 native = os.environ.get("UNIGRPO_SKIP_NATIVE_BUILD") != "1"
 setup(
-    packages=find_packages(include=["unigrpo", "unigrpo.*"], exclude=["unigrpo.kernels"]) + ["unigrpo.kernels"],
-    package_dir={"unigrpo.kernels": "kernels"},
-    package_data={"unigrpo": ["assets/**/*"]},
+    packages=find_packages(include=["unigrpo", "unigrpo.*"]),
+    package_data={"unigrpo": ["assets/**/*", "shapes/assets/**/*"]},
     ext_modules=[CMakeExtension("unigrpo._C")] if native else [],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from benchutil import DEVICE, run
 
-from unigrpo.models import ShapesConfig, ShapesModel
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
 from unigrpo.rewards import WeightedRewards
 from unigrpo.rollout import RolloutConfig, generate_rounds
 

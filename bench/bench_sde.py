@@ -31,11 +31,14 @@ def _call(op, impl, t):
         if impl == "reference":
             return R.velocity_mse(t["v"], t["vr"])
         return ops.velocity_mse(t["v"], t["vr"], backend=impl)
+    # surrogate + penalty (weight 1): both row sums forward, both terms in the backward
     if impl == "reference":
-        return R.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], 0.7, t["old"],
-                                     t["adv"], 1e-4, 1.0)
-    return ops.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], t["old"], t["adv"],
-                                   backend=impl).loss
+        surrogate, penalty = R.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], 0.7,
+                                                   t["old"], t["adv"], 1e-4)
+        return surrogate + penalty
+    out = ops.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"], t["old"], t["adv"],
+                                  backend=impl)
+    return out.loss + out.penalty
 
 
 @pytest.mark.parametrize("impl", impls())

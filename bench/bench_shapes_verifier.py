@@ -1,4 +1,4 @@
-"""Throughput of the shapes-task verifier (``unigrpo.tasks.shapes.score``).
+"""Throughput of the shapes-task verifier (``unigrpo.shapes.score``).
 
     PYTHONPATH=. python -m pytest -q bench/bench_shapes_verifier.py --benchmark-only -p no:cacheprovider
     PYTHONPATH=. python bench/bench_shapes_verifier.py        # plain timing, no pytest
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from unigrpo.tasks import shapes as S
+from unigrpo import shapes as S
 
 
 def make_batch(kind: str, n: int, seed: int = 0):

@@ -36,11 +36,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("entropy"), py::arg("grad_out"),
         "grad_out (N, V, contiguous, logits dtype) = d(logp, entropy)/d logits applied to (grad_logp, "
         "grad_entropy); grad_entropy = 0 means no entropy term.");
-  m.def("flow_row_sums", &unigrpo::cpu::flow_row_sums, nogil, py::arg("dtype"), py::arg("B"), py::arg("D"),
+  m.def("sde_row_sums", &unigrpo::cpu::sde_row_sums, nogil, py::arg("dtype"), py::arg("B"), py::arg("D"),
         py::arg("x"), py::arg("x_next"), py::arg("v"), py::arg("cx"), py::arg("cv"), py::arg("v_ref"),
         py::arg("weight"), py::arg("weight_row_stride"), py::arg("s1"), py::arg("s2"),
         "s1 = sum_d (x_next - cx x - cv v)^2 (if s1 != 0), s2 = sum_d w (v - v_ref)^2 (if s2 != 0).");
-  m.def("flow_row_grad", &unigrpo::cpu::flow_row_grad, nogil, py::arg("dtype"), py::arg("B"), py::arg("D"),
+  m.def("sde_row_grad", &unigrpo::cpu::sde_row_grad, nogil, py::arg("dtype"), py::arg("B"), py::arg("D"),
         py::arg("x"), py::arg("x_next"), py::arg("v"), py::arg("cx"), py::arg("cv"), py::arg("v_ref"),
         py::arg("weight"), py::arg("weight_row_stride"), py::arg("a"), py::arg("b"), py::arg("grad_out"),
         "grad_out = a (x_next - cx x - cv v) + b w (v - v_ref); a = 0 or b = 0 drops that term.");

@@ -142,27 +142,27 @@ int check_flow_inputs(int dtype, int64_t B, int64_t D, const char* first_name, p
   return es;
 }
 
-void flow_row_sums(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
-                   ptr_t weight, int64_t weight_row_stride, ptr_t s1, ptr_t s2, ptr_t stream) {
+void sde_row_sums(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
+                  ptr_t weight, int64_t weight_row_stride, ptr_t s1, ptr_t s2, ptr_t stream) {
   check_flow_inputs(dtype, B, D, "s1", s1, "s2", s2, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride);
   if (s1 == 0 && s2 == 0) return;  // nothing asked for
-  check_launch(uc::launch_flow_row_sums(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
-                                        as<const float>(cx), as<const float>(cv), as<const void>(v_ref),
-                                        as<const void>(weight), weight_row_stride, as<float>(s1), as<float>(s2),
-                                        as_stream(stream)),
-               "flow_row_sums");
+  check_launch(uc::launch_sde_row_sums(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
+                                       as<const float>(cx), as<const float>(cv), as<const void>(v_ref),
+                                       as<const void>(weight), weight_row_stride, as<float>(s1), as<float>(s2),
+                                       as_stream(stream)),
+               "sde_row_sums");
 }
 
-void flow_row_grad(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
-                   ptr_t weight, int64_t weight_row_stride, ptr_t a, ptr_t b, ptr_t grad_out, ptr_t stream) {
+void sde_row_grad(int dtype, int64_t B, int64_t D, ptr_t x, ptr_t x_next, ptr_t v, ptr_t cx, ptr_t cv, ptr_t v_ref,
+                  ptr_t weight, int64_t weight_row_stride, ptr_t a, ptr_t b, ptr_t grad_out, ptr_t stream) {
   const int es =
       check_flow_inputs(dtype, B, D, "a", a, "b", b, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride);
   check_ptr("grad_out", grad_out, true, es);
-  check_launch(uc::launch_flow_row_grad(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
-                                        as<const float>(cx), as<const float>(cv), as<const void>(v_ref),
-                                        as<const void>(weight), weight_row_stride, as<const float>(a),
-                                        as<const float>(b), as<void>(grad_out), as_stream(stream)),
-               "flow_row_grad");
+  check_launch(uc::launch_sde_row_grad(dtype, B, D, as<const void>(x), as<const void>(x_next), as<const void>(v),
+                                       as<const float>(cx), as<const float>(cv), as<const void>(v_ref),
+                                       as<const void>(weight), weight_row_stride, as<const float>(a),
+                                       as<const float>(b), as<void>(grad_out), as_stream(stream)),
+               "sde_row_grad");
 }
 
 // Never raises: 0 without a driver / device (so the module is harmless to
@@ -190,11 +190,11 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("lse"), py::arg("inv_temp"),
         py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("entropy"), py::arg("grad_out"), py::arg("stream"),
         "grad_out = inv_temp * (g_logp * (onehot - p) - g_ent * p * (z - lse + H)), (N, V) contiguous.");
-  m.def("flow_row_sums", &flow_row_sums, rel(), py::arg("dtype"), py::arg("B"), py::arg("D"), py::arg("x"),
+  m.def("sde_row_sums", &sde_row_sums, rel(), py::arg("dtype"), py::arg("B"), py::arg("D"), py::arg("x"),
         py::arg("x_next"), py::arg("v"), py::arg("cx"), py::arg("cv"), py::arg("v_ref"), py::arg("weight"),
         py::arg("weight_row_stride"), py::arg("s1"), py::arg("s2"), py::arg("stream"),
         "s1[b] = sum (x_next - cx x - cv v)^2 (if s1 != 0), s2[b] = sum w (v - v_ref)^2 (if s2 != 0).");
-  m.def("flow_row_grad", &flow_row_grad, rel(), py::arg("dtype"), py::arg("B"), py::arg("D"), py::arg("x"),
+  m.def("sde_row_grad", &sde_row_grad, rel(), py::arg("dtype"), py::arg("B"), py::arg("D"), py::arg("x"),
         py::arg("x_next"), py::arg("v"), py::arg("cx"), py::arg("cv"), py::arg("v_ref"), py::arg("weight"),
         py::arg("weight_row_stride"), py::arg("a"), py::arg("b"), py::arg("grad_out"), py::arg("stream"),
         "grad = a[b] (x_next - cx x - cv v) + b[b] w (v - v_ref); a / b = 0 drops a term.");

@@ -335,13 +335,13 @@ void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int
 void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
                       std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,
                       std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out);
-void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
-                   std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
-                   std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2);
-void flow_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
-                   std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
-                   std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b,
-                   std::uintptr_t grad_out);
+void sde_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
+                  std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
+                  std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2);
+void sde_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
+                  std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
+                  std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b,
+                  std::uintptr_t grad_out);
 
 }  // namespace cpu
 }  // namespace unigrpo

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .io import atomic_path
+
 __all__ = ["image_grid", "save_image_grid", "save_curves"]
 
 
@@ -61,7 +63,8 @@ def save_image_grid(path: str | Path, images, captions: Sequence[str] | None = N
     """:func:`image_grid` written to ``path`` (PNG); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, captions, **kwargs).save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        image_grid(images, captions, **kwargs).save(tmp, format="PNG")
     return path
 
 
@@ -93,6 +96,7 @@ def save_curves(path: str | Path, series: Mapping[str, Sequence[float]], x: Sequ
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path

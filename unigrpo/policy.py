@@ -4,19 +4,21 @@
 A round of generation is ``prompt -> reasoning tokens -> image``::
 
     batch = policy.encode_prompts(texts)                    # left-padded ids + mask
-    r = policy.generate_reasoning(batch.ids, batch.mask, max_new_tokens=64,
-                                  temperature=1.0, generator=g)
+    r = generate_reasoning(policy, batch.ids, batch.mask,   # unigrpo.sampling
+                           max_new_tokens=64, temperature=1.0, generator=g)
     ids, mask = concat_tokens(batch.ids, batch.mask, r.ids, r.mask)
     ctx = policy.image_context(ids, mask)                   # text KV cache, computed once
+    sigmas = policy.sigma_schedule(num_steps)               # 1 -> 0
     x = torch.randn(B, *policy.latent_shape, generator=g)   # x_1: noise
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):  # sigma runs 1 -> 0
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         v = policy.velocity(x, sigma.expand(B), ctx)        # v = noise - x_0
         x, *_ = ops.sde_step(x, v, sigma, sigma_next, noise_level)
     images = policy.latents_to_images(x)                    # uint8 (B, H, W, 3)
 
-and training recomputes ``policy.token_logprobs(ids, mask, temperature)`` (or
-``policy.text_forward`` + ``ops.fused_linear_token_logprobs``) and
-``policy.velocity(x_k, sigma_k, ctx)`` on the rollout's states.
+and training recomputes, from one teacher-forced pass per minibatch,
+``hidden, ctx = policy.text_and_image_context(ids, mask)``: the reasoning's
+log-probs (:func:`hidden_token_logprobs`) and ``policy.velocity(x_k, sigma_k, ctx)``
+on the rollout's states.
 
 Conventions: token ids int64, masks bool (True = a real token); sequences are
 left-padded prompts followed by right-padded generations, so a row's real
@@ -25,9 +27,9 @@ tokens are contiguous.  Latents are float (B, *latent_shape); sigma is fp32
 
 Implementing a new model: subclass :class:`UnifiedPolicy`, implement the
 abstract methods (``prefill`` / ``decode_step`` are the two primitives the
-shared :meth:`UnifiedPolicy.generate_reasoning` sampler drives), and return an
-:class:`ImageContext` subclass from ``image_context``.  docs/adapter.md sketches
-an adapter for a Bagel-class model.
+shared sampler in :mod:`unigrpo.sampling` drives), return an
+:class:`ImageContext` subclass from ``image_context``, and register a loader
+``(checkpoint, device) -> policy`` in :data:`POLICIES` (docs/adapter.md).
 """
 
 from __future__ import annotations
@@ -42,16 +44,15 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .registry import Registry
+from .schedule import sigma_schedule
 
-__all__ = [
-    "TokenBatch",
-    "Reasoning",
-    "ImageContext",
-    "UnifiedPolicy",
-    "concat_tokens",
-    "filter_logits",
-    "sample_tokens",
-]
+__all__ = ["TokenBatch", "Reasoning", "ImageContext", "UnifiedPolicy", "concat_tokens", "hidden_token_logprobs",
+           "POLICIES"]
+
+#: policy loaders ``(checkpoint: str, device) -> UnifiedPolicy`` by name (``model.type``);
+#: entry points of the group ``unigrpo.policies``, or ``POLICIES.register(name, loader)``
+POLICIES: Registry = Registry("policy", "unigrpo.policies")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TokenBatch:
 
 @dataclass
 class Reasoning:
-    """Output of :meth:`UnifiedPolicy.generate_reasoning` for B rows and N steps.
+    """Output of :func:`unigrpo.sampling.generate_reasoning` for B rows and N steps.
 
     ``ids``: int64 (B, N) sampled tokens (the pad id after a row stopped);
     ``logprobs``: fp32 (B, N), ``log_softmax(logits / temperature)[id]`` of the
@@ -82,34 +83,6 @@ class Reasoning:
     mask: Tensor
     truncated: Tensor
     temperature: float
-
-
-class GraphedDecode:
-    """A policy's ``decode_step`` on a static decode state, captured once in a
-    CUDA graph and replayed per token (a small model's decode step is kernel
-    launches, not math). Warm-up runs on a throwaway state of the same shapes;
-    capture executes nothing, so the real state is untouched until replay."""
-
-    def __init__(self, policy: UnifiedPolicy, ids: Tensor, mask: Tensor, max_new_tokens: int, state: Any) -> None:
-        b = ids.shape[0]
-        self.tokens = torch.full((b,), policy.pad_token_id, dtype=torch.long, device=ids.device)
-        self.active = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            _, scratch = policy.prefill(ids, mask, max_new_tokens=max_new_tokens)
-            for _ in range(min(2, max_new_tokens)):
-                policy.decode_step(self.tokens, self.active, scratch)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = policy.decode_step(self.tokens, self.active, state)
-
-    def __call__(self, tokens: Tensor, active: Tensor, state: Any) -> Tensor:
-        self.tokens.copy_(tokens)
-        self.active.copy_(active)
-        self.graph.replay()
-        return self.logits  # overwritten by the next replay: consumed before it
 
 
 class ImageContext(ABC):
@@ -143,63 +116,20 @@ def concat_tokens(ids_a: Tensor, mask_a: Tensor, ids_b: Tensor, mask_b: Tensor) 
     return torch.cat([ids_a, ids_b], 1), torch.cat([mask_a.bool(), mask_b.bool()], 1)
 
 
-def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Logits with everything outside the top-k / nucleus (top-p) set to -inf.
-
-    logits: (B, V) float (already divided by the temperature).  ``top_k`` 0 and
-    ``top_p`` 1.0 disable each filter; the most likely token always survives."""
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    out = logits
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(out, top_k, dim=-1).values[:, -1:]
-        out = out.masked_fill(out < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits.float(), dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        out = out.masked_fill(drop, float("-inf"))
-    return out
-
-
-def sample_tokens(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Sample one token per row and return ``(ids int64 (B,), logprobs fp32 (B,))``.
-
-    logits: (B, V) float.  ``temperature`` 0 is greedy (argmax) and records
-    log-probs at temperature 1.  The recorded log-prob is that of the full
-    tempered distribution, ``log_softmax(logits / T)[id]`` via
-    :func:`unigrpo.ops.token_logprobs`, the op the training path recomputes it
-    with; top-k / top-p only restrict which tokens can be drawn."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-    if temperature == 0:
-        ids = logits.argmax(-1)
-        return ids, ops.token_logprobs(logits, ids, 1.0)
-    scaled = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(scaled, dim=-1)
-    ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return ids, ops.token_logprobs(logits, ids, temperature)
-
-
 class UnifiedPolicy(nn.Module, ABC):
     """A unified model that writes reasoning tokens and then denoises an image.
 
     Subclasses set ``tokenizer`` (a ``transformers`` tokenizer), ``latent_shape``
     (one sample's latent shape, e.g. ``(3, 32, 32)``), ``pad_token_id`` and
     ``stop_token_ids`` (ids that end the reasoning, e.g. ``</think>``), and
-    implement the abstract methods.  Everything else (sampling, log-probs,
-    reference copies) is shared."""
+    implement the abstract methods.  Everything else (log-probs, schedules,
+    reference copies) is shared; sampling lives in :mod:`unigrpo.sampling`."""
 
     tokenizer: Any
     latent_shape: tuple[int, ...]
     pad_token_id: int
     stop_token_ids: tuple[int, ...]
-    #: shift of the sigma schedule the model was trained with (see unigrpo.models.schedule)
+    #: shift of the sigma schedule the model was trained with (see :mod:`unigrpo.schedule`)
     timestep_shift: float = 1.0
 
     # ------------------------------------------------------------------ text
@@ -253,72 +183,27 @@ class UnifiedPolicy(nn.Module, ABC):
         """Teacher-forced logits (B, L, V): position t predicts token t + 1."""
         return self.text_forward(ids, mask) @ self.lm_head_weight.T
 
-    def token_logprobs(self, ids: Tensor, mask: Tensor, temperature: float = 1.0,
+    def token_logprobs(self, ids: Tensor, mask: Tensor, temperature: float = 1.0, start: int = 1,
                        return_entropy: bool = False):
-        """Teacher-forced ``log_softmax(logits / T)`` of each token given its prefix.
-
-        Returns fp32 (B, L): entry t is log p(ids[:, t] | ids[:, :t]) for t >= 1,
-        0 at t = 0 and wherever ``mask`` (or the previous token's mask) is False;
-        with ``return_entropy`` also the entropy (B, L), same layout.  Uses the
-        fused LM-head op, so the (B, L, V) logits never exist whole.  Equals the
-        log-probs :meth:`generate_reasoning` records (up to float rounding)."""
-        hidden = self.text_forward(ids, mask)
-        b, length, h = hidden.shape
-        if length < 2:
-            zeros = hidden.new_zeros((b, length), dtype=torch.float32)
-            return (zeros, zeros.clone()) if return_entropy else zeros
-        valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-        flat_h = hidden[:, :-1].reshape(-1, h)
-        flat_ids = ids[:, 1:].reshape(-1)
-        out = ops.fused_linear_token_logprobs(flat_h, self.lm_head_weight, flat_ids, temperature=temperature,
-                                              return_entropy=return_entropy)
-        logp, ent = (out if return_entropy else (out, None))
-        zero = hidden.new_zeros((b, 1), dtype=torch.float32)
-        logp = torch.cat([zero, logp.view(b, length - 1).masked_fill(~valid, 0.0)], 1)
-        if not return_entropy:
-            return logp
-        return logp, torch.cat([zero, ent.view(b, length - 1).masked_fill(~valid, 0.0)], 1)
-
-    @torch.no_grad()
-    def generate_reasoning(self, ids: Tensor, mask: Tensor, *, max_new_tokens: int = 64,
-                           temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                           generator: torch.Generator | None = None, cuda_graph: bool = False) -> Reasoning:
-        """Sample reasoning tokens for a left-padded prompt batch, with a KV cache.
-
-        ids int64 (B, L), mask bool (B, L) (from :meth:`encode_prompts`).  Each
-        row samples until one of ``stop_token_ids`` (kept, mask True) or
-        ``max_new_tokens``; the loop ends when every row stopped.
-        ``temperature`` 0 is greedy.  ``generator`` seeds the sampling (same
-        generator state + same inputs -> same tokens).  ``cuda_graph``: on CUDA,
-        with a policy that ``supports_static_decode``, decode with a static KV
-        cache and replay one captured decode step per token.  See :class:`Reasoning`."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        b = ids.shape[0]
-        stop = torch.tensor(self.stop_token_ids, device=ids.device)
-        if cuda_graph and ids.is_cuda and self.supports_static_decode:
-            logits, state = self.prefill(ids, mask.bool(), max_new_tokens=max_new_tokens)
-            decode = GraphedDecode(self, ids, mask.bool(), max_new_tokens, state)
-        else:
-            logits, state = self.prefill(ids, mask.bool())
-            decode = self.decode_step
-        out_ids, out_lp, out_mask = [], [], []
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        for step in range(max_new_tokens):
-            tok, lp = sample_tokens(logits, temperature, top_k, top_p, generator)
-            active = ~done
-            tok = torch.where(active, tok, torch.full_like(tok, self.pad_token_id))
-            out_ids.append(tok)
-            out_lp.append(torch.where(active, lp, torch.zeros_like(lp)))
-            out_mask.append(active)
-            done = done | torch.isin(tok, stop)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            logits = decode(tok, active, state)
-        return Reasoning(torch.stack(out_ids, 1), torch.stack(out_lp, 1), torch.stack(out_mask, 1), ~done,
-                         1.0 if temperature == 0 else float(temperature))
+        """Teacher-forced ``log_softmax(logits / T)`` of tokens ``start ..`` given their prefix:
+        :func:`hidden_token_logprobs` of :meth:`text_forward`. Equals the log-probs
+        :func:`unigrpo.sampling.generate_reasoning` records (up to float rounding)."""
+        return hidden_token_logprobs(self.text_forward(ids, mask), self.lm_head_weight, ids, mask, temperature,
+                                     start, return_entropy)
 
     # ----------------------------------------------------------------- image
+    def sigma_schedule(self, steps: int, shift: float | None = None) -> Tensor:
+        """fp32 (steps + 1,) sigmas from 1 to 0 on the policy's device: the model's
+        own shifted schedule (``shift`` None: :attr:`timestep_shift`). A model whose
+        scheduler computes its sigmas otherwise overrides this."""
+        return sigma_schedule(steps, self.timestep_shift if shift is None else shift, device=self.device)
+
+    def text_and_image_context(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, ImageContext]:
+        """:meth:`text_forward` and :meth:`image_context` of the same batch. Training
+        needs both for every minibatch; a model whose image context is the text's own
+        KV cache gets both from one pass and overrides this (the default runs two)."""
+        return self.text_forward(ids, mask), self.image_context(ids, mask)
+
     @abstractmethod
     def image_context(self, ids: Tensor, mask: Tensor) -> ImageContext:
         """Encode the text an image is conditioned on (prompt + reasoning, padded
@@ -363,3 +248,28 @@ class UnifiedPolicy(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def hidden_token_logprobs(hidden: Tensor, lm_head_weight: Tensor, ids: Tensor, mask: Tensor, temperature: float = 1.0,
+                          start: int = 1, return_entropy: bool = False):
+    """``log_softmax(hidden @ W.T / T)`` scored at the next token, for tokens ``start ..``.
+
+    hidden: (B, L, H) teacher-forced states of ``ids`` int64 (B, L) (mask bool (B, L));
+    ``start`` >= 1. Returns fp32 (B, L - start): entry j is log p(ids[:, start + j] |
+    ids[:, :start + j]), 0 where that token or the one before it is masked out; with
+    ``return_entropy`` also the entropies, same layout. Uses the fused LM-head op, so
+    the (B, L, V) logits never exist whole."""
+    b, length, h = hidden.shape
+    if not 1 <= start <= length:
+        raise ValueError(f"start must be in [1, {length}] for sequences of length {length}, got {start}")
+    n = length - start
+    if n == 0:
+        zeros = hidden.new_zeros((b, 0), dtype=torch.float32)
+        return (zeros, zeros.clone()) if return_entropy else zeros
+    valid = mask[:, start:].bool() & mask[:, start - 1:-1].bool()
+    out = ops.fused_linear_token_logprobs(hidden[:, start - 1:-1].reshape(-1, h), lm_head_weight,
+                                          ids[:, start:].reshape(-1), temperature=temperature,
+                                          return_entropy=return_entropy)
+    logp, ent = out if return_entropy else (out, None)
+    logp = logp.view(b, n).masked_fill(~valid, 0.0)
+    return (logp, ent.view(b, n).masked_fill(~valid, 0.0)) if return_entropy else logp

@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 RewardFn = Callable[[Tensor, Sequence[str], Sequence[Any]], Any]
 
-__all__ = ["RewardFn", "RewardError", "NonFiniteRewardError", "WeightedRewards", "RewardResult", "shapes_verifier_reward"]
+__all__ = ["RewardFn", "RewardError", "NonFiniteRewardError", "WeightedRewards", "RewardResult", "REWARDS",
+           "rewards_from_spec"]
 
 
 class RewardError(RuntimeError):
@@ -85,14 +88,44 @@ class WeightedRewards:
         return RewardResult(total, components, details)
 
 
-def shapes_verifier_reward(mode: str = "strict") -> RewardFn:
-    """The shapes task's verifier as a reward; metadata must hold each round's
-    :class:`unigrpo.tasks.shapes.Prompt`. Details: the verifier's breakdown."""
-    from .tasks.shapes import verifier
+REWARDS: Registry = Registry("reward", "unigrpo.rewards")
+"""Reward factories by name: ``factory() -> RewardFn`` (entry points of the group
+``unigrpo.rewards``, ``REWARDS.register``, or ``package.module:factory``)."""
 
-    def reward(images, prompts, metadata):
-        scores, breakdown = verifier.score(images.cpu().numpy(), list(metadata), mode=mode)
-        return scores, breakdown
 
-    reward.__name__ = f"shapes_{mode}"
-    return reward
+def _brightness() -> RewardFn:
+    def brightness(images, prompts, metadata):
+        return images.float().mean(dim=(1, 2, 3)) / 255.0
+    return brightness
+
+
+REWARDS.register("brightness", _brightness)  # mean pixel value in [0, 1]: a smoke-test reward
+
+
+def rewards_from_spec(spec: str, key: str = "task.reward") -> WeightedRewards:
+    """``"name"`` or ``"name:weight,name:weight"`` of :data:`REWARDS` -> :class:`WeightedRewards`
+    (a weight defaults to 1; a ``package.module:factory`` name takes its weight after a
+    second colon). Errors name ``key``."""
+    items = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, weight = part, 1.0
+        head, sep, tail = part.rpartition(":")
+        if sep and _is_number(tail):
+            name, weight = head, float(tail)
+        try:
+            fn = REWARDS.get(name)()
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from e
+        items.append((name, fn, weight))
+    if not items:
+        raise ValueError(f"{key} must name at least one reward, e.g. 'brightness' or 'a:1.0,b:0.5'; "
+                         f"registered: {', '.join(REWARDS.names())}")
+    return WeightedRewards(items)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

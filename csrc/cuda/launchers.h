@@ -29,16 +29,16 @@ cudaError_t launch_logprob_backward(const void* logits, int dtype, int64_t N, in
 // (B, D) tensors of `dtype`, rows contiguous; weight (D,) (weight_row_stride 0)
 // or (B, D) (weight_row_stride D) or null. s1 null skips the first sum (then x,
 // x_next, cx, cv are unused), s2 null the second (then v_ref, weight unused).
-cudaError_t launch_flow_row_sums(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
-                                 const float* cx, const float* cv, const void* v_ref, const void* weight,
-                                 int64_t weight_row_stride, float* s1, float* s2, cudaStream_t stream);
+cudaError_t launch_sde_row_sums(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
+                                const float* cx, const float* cv, const void* v_ref, const void* weight,
+                                int64_t weight_row_stride, float* s1, float* s2, cudaStream_t stream);
 
 // grad_out: (B, D) of `dtype`. a null drops the first term (x, x_next, cx, cv
 // unused), b null the second (v_ref, weight unused); both null writes zeros.
-cudaError_t launch_flow_row_grad(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
-                                 const float* cx, const float* cv, const void* v_ref, const void* weight,
-                                 int64_t weight_row_stride, const float* a, const float* b, void* grad_out,
-                                 cudaStream_t stream);
+cudaError_t launch_sde_row_grad(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
+                                const float* cx, const float* cv, const void* v_ref, const void* weight,
+                                int64_t weight_row_stride, const float* a, const float* b, void* grad_out,
+                                cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace unigrpo

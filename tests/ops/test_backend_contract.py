@@ -1,9 +1,9 @@
 """The backend contract: each kernel backend's four functions (logprob_forward,
-logprob_backward, flow_row_sums, flow_row_grad) against torch_backend and an
+logprob_backward, sde_row_sums, sde_row_grad) against torch_backend and an
 fp64 reference, on every backend available here:
 
   native-cpu   unigrpo._C through unigrpo.ops.backends.native
-  triton       unigrpo.kernels; compiled on a GPU, else in Triton's CPU
+  triton       unigrpo.ops.triton; compiled on a GPU, else in Triton's CPU
                interpreter (TRITON_INTERPRET=1, set by tests/conftest.py) with
                the backend's small interpreter blocks, so V / D that are not
                block multiples exercise the chunk loops and the masked tails
@@ -56,7 +56,7 @@ def _by_backend(be, table, default=None):
 def test_signatures_match_torch_backend(be):
     import inspect
 
-    for fn in ("logprob_forward", "logprob_backward", "flow_row_sums", "flow_row_grad"):
+    for fn in ("logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad"):
         assert inspect.signature(getattr(be.mod, fn)) == inspect.signature(getattr(ref, fn)), fn
 
 
@@ -327,15 +327,15 @@ def _flow_cases(be, variants):
 
 @pytest.mark.parametrize("be,dtype,shape,weight_kind,offset,want",
                          per_backend(lambda be: _flow_cases(be, ("s1s2", "s1", "s2"))))
-def test_flow_row_sums(be, dtype, shape, weight_kind, offset, want):
+def test_sde_row_sums(be, dtype, shape, weight_kind, offset, want):
     x, x_next, v, cx, cv, v_ref, weight, _, _ = make_flow_inputs(be.dev, *shape, dtype, weight_kind, offset,
                                                                  seed=shape[1])
     want_s1, want_s2 = "s1" in want, "s2" in want
     # tensors a term does not use may be None
-    got = be.mod.flow_row_sums(x if want_s1 else None, x_next if want_s1 else None, v,
-                               cx if want_s1 else None, cv if want_s1 else None,
-                               v_ref if want_s2 else None, weight if want_s2 else None, want_s1, want_s2)
-    exp = ref.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
+    got = be.mod.sde_row_sums(x if want_s1 else None, x_next if want_s1 else None, v,
+                              cx if want_s1 else None, cv if want_s1 else None,
+                              v_ref if want_s2 else None, weight if want_s2 else None, want_s1, want_s2)
+    exp = ref.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
     for flag, s_got, s_exp, label in zip((want_s1, want_s2), got, exp, ("s1", "s2")):
         if not flag:
             assert s_got is None
@@ -345,22 +345,22 @@ def test_flow_row_sums(be, dtype, shape, weight_kind, offset, want):
 
 
 @pytest.mark.parametrize("be", per_backend(lambda be: [()]))
-def test_flow_row_sums_nothing_wanted(be):
+def test_sde_row_sums_nothing_wanted(be):
     x, x_next, v, cx, cv, v_ref, weight, _, _ = make_flow_inputs(be.dev, 2, 5, torch.float32, None)
-    assert be.mod.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, False, False) == (None, None)
+    assert be.mod.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, False, False) == (None, None)
 
 
 @pytest.mark.parametrize("be,dtype,shape,weight_kind,offset,terms",
                          per_backend(lambda be: _flow_cases(be, ("a+b", "a", "b", "none"))))
-def test_flow_row_grad(be, dtype, shape, weight_kind, offset, terms):
+def test_sde_row_grad(be, dtype, shape, weight_kind, offset, terms):
     x, x_next, v, cx, cv, v_ref, weight, a, b = make_flow_inputs(be.dev, *shape, dtype, weight_kind, offset,
                                                                  seed=shape[1] + 1)
     use_a, use_b = "a" in terms, "b" in terms
-    got = be.mod.flow_row_grad(x if use_a else None, x_next if use_a else None, v,
-                               cx if use_a else None, cv if use_a else None,
-                               v_ref if use_b else None, weight if use_b else None,
-                               a if use_a else None, b if use_b else None)
-    want = ref.flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a if use_a else None, b if use_b else None)
+    got = be.mod.sde_row_grad(x if use_a else None, x_next if use_a else None, v,
+                              cx if use_a else None, cv if use_a else None,
+                              v_ref if use_b else None, weight if use_b else None,
+                              a if use_a else None, b if use_b else None)
+    want = ref.sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a if use_a else None, b if use_b else None)
     assert got.dtype == v.dtype and got.shape == v.shape and got.is_contiguous()
     if not (use_a or use_b):
         assert (got == 0).all()

@@ -142,7 +142,7 @@ def test_abi_rejects_bad_arguments():
     with pytest.raises(ValueError, match="entropy"):  # grad_entropy without entropy
         C.logprob_backward(lp, 0, 3, 10, 10, ip, op, 1.0, op, op, 0, lp, s)
     with pytest.raises(ValueError, match="weight_row_stride"):
-        C.flow_row_sums(0, 3, 10, 0, 0, lp, 0, 0, lp, lp, 7, 0, op, s)
+        C.sde_row_sums(0, 3, 10, 0, 0, lp, 0, 0, lp, lp, 7, 0, op, s)
     with pytest.raises(ValueError, match="x_next"):
-        C.flow_row_grad(0, 3, 10, lp, 0, lp, op, op, 0, 0, 0, op, 0, lp, s)
+        C.sde_row_grad(0, 3, 10, lp, 0, lp, op, op, 0, 0, 0, op, 0, lp, s)
     torch.cuda.synchronize()  # nothing was launched, nothing failed

@@ -42,7 +42,7 @@ def test_ops_follow_the_forced_backend(monkeypatch):
     calls = []
     be = dispatch._module("torch")
     spy = type(dispatch)("spy")
-    for name in ("logprob_forward", "logprob_backward", "flow_row_sums", "flow_row_grad"):
+    for name in ("logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad"):
         fn = getattr(be, name)
         setattr(spy, name, lambda *a, _fn=fn, _n=name: (calls.append(_n), _fn(*a))[1])
     spy.name, spy.available_for = "torch", lambda device: True
@@ -51,4 +51,4 @@ def test_ops_follow_the_forced_backend(monkeypatch):
     ops.token_logprobs(logits, torch.tensor([1, 2]), backend="torch").sum().backward()
     v = torch.randn(2, 3, requires_grad=True)
     ops.velocity_mse(v, torch.zeros(2, 3), backend="torch").sum().backward()
-    assert calls == ["logprob_forward", "logprob_backward", "flow_row_sums", "flow_row_grad"]
+    assert calls == ["logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad"]

@@ -128,7 +128,7 @@ def test_results_do_not_depend_on_thread_count():
             torch.set_num_threads(threads)
             logp, lse, ent = native.logprob_forward(x, ids, 1.0, True)
             grad = native.logprob_backward(x, ids, lse, 1.0, torch.ones(64), torch.ones(64), ent)
-            sums = native.flow_row_sums(args[0], args[1], args[2], cx, cv, args[3], None, True, True)
+            sums = native.sde_row_sums(args[0], args[1], args[2], cx, cv, args[3], None, True, True)
             outs.append((logp, lse, ent, grad, *sums))
     finally:
         torch.set_num_threads(before)
@@ -212,20 +212,20 @@ def test_bad_arguments_backward_and_flow():
     with pytest.raises(ValueError, match="logprob_backward: argument 'grad_out'"):
         _C.logprob_backward(p(logits), 0, 2, 10, 10, p(ids), p(vec), 1.0, p(vec), 0, 0, 0)
     x = torch.zeros(2, 10)
-    with pytest.raises(ValueError, match="flow_row_sums: argument 'dtype'"):
-        _C.flow_row_sums(5, 2, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), 0)
-    with pytest.raises(ValueError, match="flow_row_sums: argument 'cx'"):
-        _C.flow_row_sums(0, 2, 10, p(x), p(x), p(x), 0, p(vec), p(x), 0, 0, p(vec), 0)
-    with pytest.raises(ValueError, match="flow_row_sums: argument 'D'"):
-        _C.flow_row_sums(0, 2, 0, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), 0)
-    with pytest.raises(ValueError, match="flow_row_sums: argument 'weight_row_stride'"):
-        _C.flow_row_sums(0, 2, 10, 0, 0, p(x), 0, 0, p(x), p(x), 3, 0, p(vec))
-    with pytest.raises(ValueError, match="flow_row_grad: argument 'dtype'"):
-        _C.flow_row_grad(9, 2, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), p(vec), p(x))
-    with pytest.raises(ValueError, match="flow_row_grad: argument 'v_ref'"):
-        _C.flow_row_grad(0, 2, 10, p(x), p(x), p(x), p(vec), p(vec), 0, 0, 0, p(vec), p(vec), p(x))
-    with pytest.raises(ValueError, match="flow_row_grad: argument 'B'"):
-        _C.flow_row_grad(0, -1, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), p(vec), p(x))
+    with pytest.raises(ValueError, match="sde_row_sums: argument 'dtype'"):
+        _C.sde_row_sums(5, 2, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), 0)
+    with pytest.raises(ValueError, match="sde_row_sums: argument 'cx'"):
+        _C.sde_row_sums(0, 2, 10, p(x), p(x), p(x), 0, p(vec), p(x), 0, 0, p(vec), 0)
+    with pytest.raises(ValueError, match="sde_row_sums: argument 'D'"):
+        _C.sde_row_sums(0, 2, 0, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), 0)
+    with pytest.raises(ValueError, match="sde_row_sums: argument 'weight_row_stride'"):
+        _C.sde_row_sums(0, 2, 10, 0, 0, p(x), 0, 0, p(x), p(x), 3, 0, p(vec))
+    with pytest.raises(ValueError, match="sde_row_grad: argument 'dtype'"):
+        _C.sde_row_grad(9, 2, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), p(vec), p(x))
+    with pytest.raises(ValueError, match="sde_row_grad: argument 'v_ref'"):
+        _C.sde_row_grad(0, 2, 10, p(x), p(x), p(x), p(vec), p(vec), 0, 0, 0, p(vec), p(vec), p(x))
+    with pytest.raises(ValueError, match="sde_row_grad: argument 'B'"):
+        _C.sde_row_grad(0, -1, 10, p(x), p(x), p(x), p(vec), p(vec), p(x), 0, 0, p(vec), p(vec), p(x))
 
 
 def test_unsupported_dtype_in_python_layer():

@@ -107,15 +107,27 @@ def test_flow_grpo_step_loss_matches_reference(device, backend, dtype, penalty):
     old = lp0 + torch.tensor([0.0, 2e-4, -2e-4, 5e-5, 1e-3, -1e-3], device=device)  # clipped and not
     adv = torch.tensor([1.0, 1.0, -1.0, -0.5, -2.0, 0.7], device=device)
     vv = v.clone().requires_grad_(True)
-    out = flow_grpo_step_loss(vv, v_ref, x, xn, sig, nxt, old, adv, clip_range=1e-4, beta=0.3,
-                              penalty=penalty, backend=backend)
+    out = flow_grpo_step_loss(vv, v_ref, x, xn, sig, nxt, old, adv, clip_range=1e-4, penalty=penalty,
+                              backend=backend)
     v64 = v.double().requires_grad_(True)
-    ref = R.flow_grpo_step_loss(v64.flatten(1), v_ref.double().flatten(1), x.double().flatten(1),
-                                xn.double().flatten(1), sig, nxt, 0.7, old, adv, 1e-4, 0.3, penalty)
-    assert_close_earned(out.loss, ref, rtol=1e-4, atol=1e-5)
-    (grad,) = torch.autograd.grad(out.loss.sum(), vv)
-    (ref_grad,) = torch.autograd.grad(ref.sum(), v64)
+    ref_loss, ref_pen = R.flow_grpo_step_loss(v64.flatten(1), v_ref.double().flatten(1), x.double().flatten(1),
+                                              xn.double().flatten(1), sig, nxt, 0.7, old, adv, 1e-4, penalty)
+    # loss is the surrogate alone, penalty unweighted: each against its reference
+    assert_close_earned(out.loss, ref_loss, rtol=1e-4, atol=1e-5)
+    assert_close_earned(out.penalty, ref_pen, rtol=1e-4, atol=1e-5)
+    (grad,) = torch.autograd.grad(out.loss.sum(), vv, retain_graph=True)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), v64, retain_graph=True)
     assert_close_earned(grad, ref_grad, dtype, rtol=1e-3, atol=1e-6)
+    if penalty == "none":
+        assert not out.penalty.requires_grad and bool((out.penalty == 0).all())
+    else:
+        (grad,) = torch.autograd.grad(out.penalty.sum(), vv, retain_graph=True)
+        (ref_grad,) = torch.autograd.grad(ref_pen.sum(), v64, retain_graph=True)
+        assert_close_earned(grad, ref_grad, dtype, rtol=1e-3, atol=1e-6)
+        # the caller's weighted sum: one backward through both row sums
+        (grad,) = torch.autograd.grad((out.loss + 0.3 * out.penalty).sum(), vv)
+        (ref_grad,) = torch.autograd.grad((ref_loss + 0.3 * ref_pen).sum(), v64)
+        assert_close_earned(grad, ref_grad, dtype, rtol=1e-3, atol=1e-6)
     assert 0 <= float(out.stats["clip_frac"]) <= 1
 
 
@@ -139,7 +151,7 @@ def test_reference_gradcheck_fp64(fn):
     f = {"sde_step_logprob": lambda v: R.sde_step_logprob(x, xn, v, sig, nxt, 0.7),
          "velocity_mse": lambda v: R.velocity_mse(v, vr),
          "flow_grpo_step_loss": lambda v: R.flow_grpo_step_loss(v, vr, x, xn, sig, nxt, 0.7,
-                                                               torch.full((b,), -3.0), torch.ones(b), 0.5, 0.1)}[fn]
+                                                               torch.full((b,), -3.0), torch.ones(b), 0.5)}[fn]
     assert torch.autograd.gradcheck(f, (v,))
 
 
@@ -152,11 +164,11 @@ def test_property_flow_loss_random_shapes(b, d, sigma, frac, a):
     xn, _, _, lp = sde_step(x, v, torch.full((b,), sigma), torch.full((b,), nxt), a, noise=noise)
     vv = v.clone().requires_grad_(True)
     out = flow_grpo_step_loss(vv, vr, x, xn, sigma, nxt, lp, torch.randn(b), noise_level=a)
-    ref = R.flow_grpo_step_loss(v.double().requires_grad_(True), vr, x, xn, torch.full((b,), sigma),
-                                torch.full((b,), nxt), a, lp, torch.randn(b) * 0, 1e-4, 1.0)
+    ref_loss, ref_pen = R.flow_grpo_step_loss(v.double().requires_grad_(True), vr, x, xn, torch.full((b,), sigma),
+                                              torch.full((b,), nxt), a, lp, torch.randn(b) * 0, 1e-4)
     assert torch.isfinite(out.loss).all() and out.loss.shape == (b,)
     assert torch.allclose(out.stats["ratio_mean"], torch.tensor(1.0), atol=1e-5)  # recorded == recomputed
-    assert ref.shape == (b,)
+    assert ref_loss.shape == ref_pen.shape == (b,)
 
 
 @pytest.mark.parametrize("device,backend", PAIRS)

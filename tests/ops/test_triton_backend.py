@@ -60,24 +60,24 @@ def test_logprobs_empty_batch():
 
 def test_flow_empty_batch():
     x, x_next, v, cx, cv, v_ref, weight, a, b = make_flow_inputs(DEV, 0, 16, torch.float32, "D")
-    s1, s2 = tb.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, True, True)
+    s1, s2 = tb.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, True, True)
     assert s1.shape == s2.shape == (0,)
-    assert tb.flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b).shape == (0, 16)
+    assert tb.sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b).shape == (0, 16)
 
 
 # ------------------------------------------------------------------ launchers
 
 
 @pytest.mark.parametrize("split", [1, 3, 8])
-def test_flow_row_sums_launcher_split(split):
+def test_sde_row_sums_launcher_split(split):
     """Row sums split over `split` programs per row (uneven chunk counts)."""
-    from unigrpo.kernels import launch_flow_row_sums
+    from unigrpo.ops.triton import launch_sde_row_sums
 
     x, x_next, v, cx, cv, v_ref, weight, _, _ = make_flow_inputs(DEV, 2, 1000, torch.float32, "D", seed=9)
     s1p = torch.empty((2, split), device=DEV)
     s2p = torch.empty((2, split), device=DEV)
-    launch_flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1p, s2p, block_d=128, split=split, num_warps=1)
-    want = ref.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, True, True)
+    launch_sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1p, s2p, block_d=128, split=split, num_warps=1)
+    want = ref.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, True, True)
     torch.testing.assert_close(s1p.sum(-1), want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s2p.sum(-1), want[1], rtol=1e-5, atol=1e-5)
 
@@ -97,10 +97,10 @@ def test_cuda_small_blocks(monkeypatch, dtype):
         check_token(TRITON, logits, ids, 2.0, want_entropy=True)
     for shape in [(1, 1), (1, 7), (2, 300), (5, 300), (3, 1000), (4, 65536)]:
         x, x_next, v_, cx, cv, v_ref, w, a, b = make_flow_inputs(DEV, *shape, dtype, "BD", seed=3)
-        got = tb.flow_row_sums(x, x_next, v_, cx, cv, v_ref, w, True, True)
-        want = ref.flow_row_sums(x, x_next, v_, cx, cv, v_ref, w, True, True)
+        got = tb.sde_row_sums(x, x_next, v_, cx, cv, v_ref, w, True, True)
+        want = ref.sde_row_sums(x, x_next, v_, cx, cv, v_ref, w, True, True)
         for s_got, s_want in zip(got, want):
             torch.testing.assert_close(s_got, s_want, rtol=1e-4, atol=1e-4)
-        got = tb.flow_row_grad(x, x_next, v_, cx, cv, v_ref, w, a, b)
-        want = ref.flow_row_grad(x, x_next, v_, cx, cv, v_ref, w, a, b)
+        got = tb.sde_row_grad(x, x_next, v_, cx, cv, v_ref, w, a, b)
+        want = ref.sde_row_grad(x, x_next, v_, cx, cv, v_ref, w, a, b)
         torch.testing.assert_close(got.float(), want.float(), **TRITON.tol.output_tol(dtype))

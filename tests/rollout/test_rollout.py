@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from unigrpo import ops
-from unigrpo.models import ShapesConfig, ShapesModel
-from unigrpo.rewards import RewardError, WeightedRewards, shapes_verifier_reward
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
+from unigrpo.rewards import RewardError, WeightedRewards
+from unigrpo.shapes.task import verifier_reward
 from unigrpo.rollout import RolloutConfig, denoise, draw_noise, generate_rounds
-from unigrpo.tasks.shapes import make_split
+from unigrpo.shapes import make_split
 
 PROMPTS = ["a red circle", "two squares the color of grass", "a blue triangle left of a yellow circle"]
 
@@ -68,10 +69,9 @@ def test_recorded_logprobs_equal_training_recomputation(policy, sde_window_only)
     """The invariant: ratio == 1 at the first update, for text and image, in one batch."""
     b = _rollout(policy, RolloutConfig(num_generations=2, max_reasoning_tokens=10, num_inference_steps=5,
                                       temperature=0.8, sde_window_only=sde_window_only))
-    from unigrpo.policy import concat_tokens
-
-    ids, mask = concat_tokens(b.prompt_ids, b.prompt_mask, b.reasoning_ids, b.reasoning_mask)
-    lp = policy.token_logprobs(ids, mask, b.temperature)[:, b.prompt_ids.shape[1]:]
+    ids, mask = b.ids, b.mask
+    assert torch.equal(ids[:, b.reasoning_start:], b.reasoning_ids) and b.prompt_ids.shape[1] == b.reasoning_start
+    lp = policy.token_logprobs(ids, mask, b.temperature, start=b.reasoning_start)
     m = b.reasoning_mask
     text_ratio = torch.exp(lp[m] - b.reasoning_logprobs[m])
     assert torch.allclose(text_ratio, torch.ones_like(text_ratio), atol=1e-5)
@@ -188,8 +188,7 @@ def test_reward_errors_name_the_prompt(policy):
 def test_weighted_rewards_combine_and_keep_components(policy):
     split = make_split(0)
     prompts = split.heldout[:2]
-    rewards = WeightedRewards([("strict", shapes_verifier_reward("strict"), 1.0),
-                               ("shaped", shapes_verifier_reward("shaped"), 0.5)])
+    rewards = WeightedRewards([("strict", verifier_reward("strict"), 1.0), ("shaped", verifier_reward("shaped"), 0.5)])
     cfg = RolloutConfig(num_generations=2, max_reasoning_tokens=6, num_inference_steps=2)
     b = generate_rounds(policy, [p.text for p in prompts], prompts, rewards, cfg, torch.Generator().manual_seed(0))
     c = b.reward_components

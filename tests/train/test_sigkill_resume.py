@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import torch
-    from unigrpo.models import ShapesConfig, ShapesModel
+    from unigrpo.shapes.model import ShapesConfig, ShapesModel
     from unigrpo.rewards import WeightedRewards
+    from unigrpo.tasks import PromptsTask
     from unigrpo.train import Trainer, load_config
     from unigrpo.train import checkpointing
 
@@ -55,8 +56,9 @@ CHILD = textwrap.dedent("""
                              "rollout.num_inference_steps=3", "rollout.max_reasoning_tokens=6",
                              "train.minibatch_size=4", "optim.warmup_steps=1", "optim.lr=3e-3",
                              "train.iterations=5", "train.save_every=1", f"train.output_dir={out}"])
-    Trainer(cfg, policy=policy, prompts=["a red circle", "three triangles", "a blue square"],
-            rewards=WeightedRewards([("bright", brightness, 1.0)]), progress=False, evaluate=False,
+    task = PromptsTask(prompts=["a red circle", "three triangles", "a blue square"], heldout=[],
+                       rewards=WeightedRewards([("bright", brightness, 1.0)]))
+    Trainer(cfg, task=task, policy=policy, progress=False, evaluate=False,
             resume=out if resume else None).fit()
 """)
 

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from unigrpo.models import ShapesConfig, ShapesModel
 from unigrpo.rewards import WeightedRewards
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
+from unigrpo.tasks import PromptsTask
 from unigrpo.train import Trainer, group_advantages, load_config
 from unigrpo.train.__main__ import main as train_main
 from unigrpo.train.config import valid_keys
@@ -26,10 +27,13 @@ def brightness(images, prompts, metadata):
     return images.float().mean(dim=(1, 2, 3)) / 255
 
 
+def toy_task(reward=brightness):
+    return PromptsTask(prompts=PROMPTS, heldout=PROMPTS[:2], rewards=WeightedRewards([("bright", reward, 1.0)]))
+
+
 def trainer(tmp_path, overrides, reward=brightness, seed=0, **kw):
     cfg = load_config(None, FAST + [f"train.output_dir={tmp_path}"] + overrides)
-    return Trainer(cfg, policy=tiny(seed), prompts=PROMPTS, rewards=WeightedRewards([("bright", reward, 1.0)]),
-                   progress=False, evaluate=False, **kw)
+    return Trainer(cfg, task=toy_task(reward), policy=tiny(seed), progress=False, evaluate=False, **kw)
 
 
 # ---------------------------------------------------------------- advantages
@@ -58,9 +62,11 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["rollout.num_generations=two"])
     with pytest.raises(ValueError, match="loss.image_penalty must be one of"):
         load_config(None, ["loss.image_penalty=kl"])
-    with pytest.raises(ValueError, match=r"train.reward_mode must be one of \('strict', 'shaped', 'dense'\)"):
-        load_config(None, ["train.reward_mode=soft"])
-    assert load_config(None, ["train.reward_mode=dense"]).train.reward_mode == "dense"
+    with pytest.raises(KeyError, match="unknown config key 'train.reward_mode'"):  # now task.reward
+        load_config(None, ["train.reward_mode=dense"])
+    assert load_config(None, ["task=prompts", "task.reward=brightness:2"]).task.name == "prompts"
+    with pytest.raises(ValueError, match="loss.loss_type must be one of .*'dapo', 'bnpo', 'grpo', 'dr_grpo'"):
+        load_config(None, ["loss.loss_type=token_mean"])
     with pytest.raises(ValueError, match="optim.lr_scheduler_type must be one of"):
         load_config(None, ["optim.lr_scheduler_type=step"])
     y = tmp_path / "c.yaml"
@@ -145,8 +151,8 @@ def test_resume_continues_exactly(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         part.fit()
     cfg = load_config(None, FAST + [f"train.output_dir={tmp_path / 'part'}"] + common)
-    resumed = Trainer(cfg, policy=tiny(0), prompts=PROMPTS, rewards=WeightedRewards([("bright", brightness, 1.0)]),
-                      progress=False, evaluate=False, resume=tmp_path / "part")
+    resumed = Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False, evaluate=False,
+                      resume=tmp_path / "part")
     assert resumed.iteration == 2
     hist = resumed.fit()
     for k, v in _weights(full.policy).items():

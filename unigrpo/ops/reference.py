@@ -92,20 +92,24 @@ def velocity_mse(v, v_ref, weight=None):
 
 
 def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old_logp, advantages,
-                        clip_range=1e-4, beta=1.0, penalty="velocity_mse"):
-    """Per-row FlowGRPO clipped surrogate + penalty, (B,) fp32.
+                        clip_range=1e-4, penalty="velocity_mse"):
+    """Per-row FlowGRPO clipped surrogate and the unweighted penalty: a tuple
+    (surrogate (B,), penalty (B,)), fp32 (fp64 for fp64 inputs).
 
-    penalty: "velocity_mse" (UniGRPO: beta * mean((v - v_ref)^2)), "latent_kl"
-    (FlowGRPO: beta * mean((mean - mean_ref)^2) / (2 s^2)) or "none".
+    penalty: "velocity_mse" (UniGRPO: mean((v - v_ref)^2)), "latent_kl"
+    (FlowGRPO: mean((mean - mean_ref)^2) / (2 s^2)) or "none" (zeros). The
+    caller weights the penalty (the trainer's beta_v).
     """
     x, x_next, v, v_ref = _rows(x), _rows(x_next), _rows(v), _rows(v_ref)
     logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
-    loss = clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_range, clip_range)
+    surrogate = clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_range, clip_range)
     if penalty == "velocity_mse":
-        loss = loss + beta * velocity_mse(v, v_ref)
+        pen = velocity_mse(v, v_ref)
     elif penalty == "latent_kl":
         cx, cv, _, s = sde_coefficients(sigma, sigma_next, noise_level)
         mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
         mean_ref = cx[:, None] * _f(x) + cv[:, None] * _f(v_ref)
-        loss = loss + beta * ((mean - mean_ref) ** 2).mean(-1) / (2 * s**2)
-    return loss
+        pen = ((mean - mean_ref) ** 2).mean(-1) / (2 * s**2)
+    else:
+        pen = torch.zeros_like(surrogate)
+    return surrogate, pen

@@ -22,7 +22,7 @@ from .validation import as_f32_vector, check_nonempty, check_tensor
 PENALTIES = ("velocity_mse", "latent_kl", "none")
 
 
-class FlowRowSumsFn(torch.autograd.Function):
+class SdeRowSumsFn(torch.autograd.Function):
     """v -> (s1, s2): s1 = sum_d (x_next - cx x - cv v)^2, s2 = sum_d w (v - v_ref)^2.
 
     Differentiable w.r.t. v only (x, x_next come from the rollout, v_ref from
@@ -30,7 +30,7 @@ class FlowRowSumsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, x, x_next, cx, cv, v_ref, weight, want_s1, want_s2, backend):
-        s1, s2 = backend.flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
+        s1, s2 = backend.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
         ctx.save_for_backward(v, x, x_next, cx, cv, v_ref, weight)
         ctx.backend = backend
         return s1, s2
@@ -42,8 +42,8 @@ class FlowRowSumsFn(torch.autograd.Function):
         b = None if grad_s2 is None else 2 * grad_s2.float().contiguous()  # d s2 / d v = 2 w (v - v_ref)
         if a is None and b is None:
             return (None,) * 10
-        grad_v = ctx.backend.flow_row_grad(x, x_next, v, cx, cv, v_ref, weight,
-                                           None if a is None else a.contiguous(), b)
+        grad_v = ctx.backend.sde_row_grad(x, x_next, v, cx, cv, v_ref, weight,
+                                          None if a is None else a.contiguous(), b)
         return (grad_v,) + (None,) * 9
 
 
@@ -113,7 +113,7 @@ def sde_step_logprob(x: Tensor, x_next: Tensor, v: Tensor, sigma, sigma_next, no
     sigma, sigma_next = _sigmas(sigma, sigma_next, v2.shape[0], v2.device)
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, _noise_level(noise_level))
     be = get_backend(v2.device, backend)
-    s1, _ = FlowRowSumsFn.apply(v2, x2, xn2, cx, cv, None, None, True, False, be)
+    s1, _ = SdeRowSumsFn.apply(v2, x2, xn2, cx, cv, None, None, True, False, be)
     return -s1 / (2 * std**2 * v2.shape[1]) - torch.log(std) - LOG_SQRT_2PI
 
 
@@ -154,14 +154,15 @@ def velocity_mse(v: Tensor, v_ref: Tensor, weight: Tensor | None = None, backend
     v2 = _flat("v", v)
     vr2 = _flat("v_ref", v_ref, v)
     be = get_backend(v2.device, backend)
-    _, s2 = FlowRowSumsFn.apply(v2, None, None, None, None, vr2, _weight(weight, v2), False, True, be)
+    _, s2 = SdeRowSumsFn.apply(v2, None, None, None, None, vr2, _weight(weight, v2), False, True, be)
     return s2 / v2.shape[1]
 
 
 @dataclass
 class FlowStepLoss:
-    """loss: (B,) fp32 per-step loss (surrogate + penalty); logp: (B,) fp32;
-    penalty: (B,) fp32 unweighted penalty term (velocity MSE or latent KL);
+    """loss: (B,) fp32 per-step clipped surrogate; logp: (B,) fp32;
+    penalty: (B,) fp32 unweighted penalty term (velocity MSE, latent KL or zeros),
+    not included in ``loss`` (the caller weights it);
     velocity_mse: (B,) fp32 always; stats: 0-dim fp32 tensors (no host sync)."""
 
     loss: Tensor
@@ -173,14 +174,16 @@ class FlowStepLoss:
 
 def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sigma, sigma_next,
                         old_logp: Tensor, advantages: Tensor, *, noise_level: float = 0.7,
-                        clip_range: float = 1e-4, beta: float = 1.0, penalty: str = "velocity_mse",
+                        clip_range: float = 1e-4, penalty: str = "velocity_mse",
                         backend: str | None = None) -> FlowStepLoss:
-    """FlowGRPO clipped surrogate on one denoising step per row, plus a penalty.
+    """FlowGRPO clipped surrogate on one denoising step per row, and a penalty.
 
     v (policy velocity, differentiable), v_ref (frozen reference), x, x_next:
     (B, ...) one float dtype; sigma, sigma_next: (B,) or scalars; old_logp,
-    advantages: (B,). penalty: "velocity_mse" (UniGRPO, beta * mean (v - v_ref)^2),
-    "latent_kl" (FlowGRPO, beta * mean (mean - mean_ref)^2 / (2 s^2)) or "none".
+    advantages: (B,). ``loss`` is the clipped surrogate alone; ``penalty`` is
+    returned unweighted, for the caller to weight and add: "velocity_mse"
+    (UniGRPO, mean (v - v_ref)^2), "latent_kl" (FlowGRPO, mean (mean - mean_ref)^2
+    / (2 s^2)) or "none" (constant zeros). Differentiable w.r.t. v.
     One kernel pass reads v, v_ref, x, x_next once for both sums.
     """
     if penalty not in PENALTIES:
@@ -195,7 +198,7 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
     advantages = as_f32_vector("advantages", advantages, b, v2.device)
     cx, cv, std, s = sde_coefficients(sigma, sigma_next, _noise_level(noise_level))
     be = get_backend(v2.device, backend)
-    s1, s2 = FlowRowSumsFn.apply(v2, x2, xn2, cx, cv, vr2, None, True, True, be)
+    s1, s2 = SdeRowSumsFn.apply(v2, x2, xn2, cx, cv, vr2, None, True, True, be)
 
     logp = -s1 / (2 * std**2 * d) - torch.log(std) - LOG_SQRT_2PI
     ratio = torch.exp(logp - old_logp)
@@ -203,8 +206,6 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
     vmse = s2 / d
     # mean - mean_ref = cv (v - v_ref), so FlowGRPO's KL is a cv^2 / (2 s^2)-weighted velocity MSE
     pen = {"velocity_mse": vmse, "latent_kl": cv**2 / (2 * s**2) * vmse, "none": torch.zeros_like(vmse)}[penalty]
-    if penalty != "none" and beta != 0.0:
-        loss = loss + beta * pen
     with torch.no_grad():
         r = ratio.detach()
         stats = {

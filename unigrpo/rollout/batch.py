@@ -13,10 +13,12 @@ from torch import Tensor
 class RolloutBatch:
     """B = P prompts x G rounds, grouped: rows [g * G, (g + 1) * G) share prompt g.
 
-    Text — prompt_ids int64 (B, Lp) left-padded, prompt_mask bool (B, Lp);
-    reasoning_ids int64 (B, N), reasoning_logprobs fp32 (B, N) (old log-probs at
-    ``temperature``, 0 where masked), reasoning_mask bool (B, N) (stop token
-    included), truncated bool (B,) (hit the length limit).
+    Text — the full sequence ``ids`` int64 (B, Lp + N), ``mask`` bool (B, Lp + N):
+    the left-padded prompt, then the right-padded reasoning from column
+    ``reasoning_start`` = Lp on (views: ``prompt_ids`` / ``reasoning_ids`` and
+    their masks); reasoning_logprobs fp32 (B, N) (old log-probs at
+    ``temperature``, 0 where masked; the reasoning mask includes the stop
+    token), truncated bool (B,) (hit the length limit).
     Image — sigmas fp32 (K + 1,) from 1 to 0; latents (B, K + 1, *latent_shape)
     (latents[:, k] at sigmas[k]); step_logprobs fp32 (B, K) (old log-probs of the
     SDE transitions); train_steps bool (B, K) (the steps to train); images uint8
@@ -26,11 +28,10 @@ class RolloutBatch:
     and the sampling settings the training path must reuse.
     """
 
-    prompt_ids: Tensor
-    prompt_mask: Tensor
-    reasoning_ids: Tensor
+    ids: Tensor
+    mask: Tensor
+    reasoning_start: int
     reasoning_logprobs: Tensor
-    reasoning_mask: Tensor
     truncated: Tensor
     sigmas: Tensor
     latents: Tensor
@@ -47,7 +48,23 @@ class RolloutBatch:
     guidance_scale: float = 1.0
 
     def __len__(self) -> int:
-        return self.prompt_ids.shape[0]
+        return self.ids.shape[0]
+
+    @property
+    def prompt_ids(self) -> Tensor:
+        return self.ids[:, :self.reasoning_start]
+
+    @property
+    def prompt_mask(self) -> Tensor:
+        return self.mask[:, :self.reasoning_start]
+
+    @property
+    def reasoning_ids(self) -> Tensor:
+        return self.ids[:, self.reasoning_start:]
+
+    @property
+    def reasoning_mask(self) -> Tensor:
+        return self.mask[:, self.reasoning_start:]
 
     @property
     def num_steps(self) -> int:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..cuda_graphs import CapturedGraph
 from ..policy import ImageContext, UnifiedPolicy
 
 
@@ -97,8 +98,8 @@ def sde_transition(policy, x, sigma, sigma_next, noise_level, noise, ctx, uncond
 class GraphedStep:
     """One denoising step captured in a CUDA graph with static buffers.
 
-    Built for a fixed batch, context and noise level; each call copies the
-    step's inputs into the static buffers and replays. The noise is an input
+    Built for a fixed batch, context and noise level (:class:`CapturedGraph`);
+    each call copies the step's inputs into the static buffers and replays. The noise is an input
     (drawn up front), so replay equals eager for the same seed."""
 
     def __init__(self, policy, ctx, uncond, guidance_scale, noise_level, x_like: Tensor, warmup: int = 2):
@@ -109,17 +110,9 @@ class GraphedStep:
         self.sigma = torch.full((b,), 0.5, device=x_like.device)
         self.sigma_next = torch.full((b,), 0.4, device=x_like.device)
         self.noise = torch.zeros_like(x_like) if noise_level > 0 else None
-        run = lambda: sde_transition(policy, self.x, self.sigma, self.sigma_next, noise_level,  # noqa: E731
-                                     self.noise, ctx, uncond, guidance_scale)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(warmup):  # lazy module loading, autotuning, allocator warm-up
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out_x, self.out_logp = run()
+        self.captured = CapturedGraph(lambda: sde_transition(policy, self.x, self.sigma, self.sigma_next,
+                                                             noise_level, self.noise, ctx, uncond, guidance_scale),
+                                      warmup_iters=warmup)
 
     def __call__(self, x, sigma, sigma_next, noise):
         self.x.copy_(x)
@@ -127,5 +120,5 @@ class GraphedStep:
         self.sigma_next.fill_(0).add_(sigma_next)
         if noise is not None:
             self.noise.copy_(noise)
-        self.graph.replay()
-        return self.out_x.clone(), None if self.out_logp is None else self.out_logp.clone()
+        out_x, out_logp = self.captured.replay()
+        return out_x.clone(), None if out_logp is None else out_logp.clone()

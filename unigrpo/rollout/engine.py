@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models.schedule import sigma_schedule
 from ..policy import UnifiedPolicy, concat_tokens
 from ..rewards import WeightedRewards
+from ..sampling import generate_reasoning
 from .batch import RolloutBatch
 from .config import RolloutConfig
 from .denoise import GraphedStep, denoise, draw_noise
@@ -59,10 +59,9 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
     b = len(texts)
 
     batch = policy.encode_prompts(texts, reasoning=True)
-    r = policy.generate_reasoning(batch.ids, batch.mask, max_new_tokens=cfg.max_reasoning_tokens,
-                                  cuda_graph=cfg.use_cuda_graph,
-                                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                  generator=generator)
+    r = generate_reasoning(policy, batch.ids, batch.mask, max_new_tokens=cfg.max_reasoning_tokens,
+                           cuda_graph=cfg.use_cuda_graph, temperature=cfg.temperature, top_p=cfg.top_p,
+                           top_k=cfg.top_k, generator=generator)
     ids, mask = concat_tokens(batch.ids, batch.mask, r.ids, r.mask)
     ctx = policy.image_context(ids, mask)
     uncond = None
@@ -70,8 +69,7 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
         empty = policy.encode_prompts([""] * b, reasoning=False)
         uncond = policy.image_context(empty.ids, empty.mask)
 
-    shift = policy.timestep_shift if cfg.timestep_shift is None else cfg.timestep_shift
-    sigmas = sigma_schedule(cfg.num_inference_steps, shift, device=policy.device)
+    sigmas = policy.sigma_schedule(cfg.num_inference_steps, cfg.timestep_shift)
     x1, eps = draw_noise(policy, b, cfg.num_inference_steps, cfg.noise_level, generator)
     if cfg.share_initial_noise:  # a group differs only by its reasoning and its trained steps' noise
         x1 = x1[::g].repeat_interleave(g, 0)
@@ -87,8 +85,8 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
     reward = rewards(images.cpu(), texts, meta)
     cpu_gen = generator if generator is None or generator.device.type == "cpu" else None
     return RolloutBatch(
-        prompt_ids=batch.ids, prompt_mask=batch.mask, reasoning_ids=r.ids, reasoning_logprobs=r.logprobs,
-        reasoning_mask=r.mask, truncated=r.truncated, sigmas=sigmas, latents=traj.latents,
+        ids=ids, mask=mask, reasoning_start=batch.ids.shape[1], reasoning_logprobs=r.logprobs,
+        truncated=r.truncated, sigmas=sigmas, latents=traj.latents,
         step_logprobs=traj.step_logprobs, train_steps=train_step_mask(b, cfg.num_inference_steps, cfg, cpu_gen),
         images=images, rewards=reward.total, reward_components=reward.components,
         group_ids=torch.arange(len(prompts)).repeat_interleave(g), prompts=texts, metadata=meta,

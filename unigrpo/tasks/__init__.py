@@ -1,9 +1,9 @@
-"""Built-in RL tasks (prompt sets with verifiable image rewards).
+"""Generic tasks of the library (the built-in world's task lives in :mod:`unigrpo.shapes`).
 
-``shapes``: GenEval-like shapes/colours/counting/position benchmark with
-reasoning riddles; see :mod:`unigrpo.tasks.shapes`.
+``prompts``: prompts from a file, registered rewards with weights, mean-reward
+evaluation (:mod:`.prompts`).
 """
 
-from . import shapes
+from .prompts import PromptsTask, read_prompts
 
-__all__ = ["shapes"]
+__all__ = ["PromptsTask", "read_prompts"]

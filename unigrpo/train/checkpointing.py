@@ -19,16 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import atomic_write_text
+
 LATEST = "latest"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -65,7 +58,7 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, trainer_state: dict[s
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(run_dir / LATEST, final.name + "\n")
+    atomic_write_text(run_dir / LATEST, final.name + "\n")
     old = sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p != final)
     for p in old[:-keep + 1] if keep > 1 else old:
         shutil.rmtree(p, ignore_errors=True)

@@ -1,8 +1,10 @@
 """Training configuration: nested dataclasses, a YAML file, dotted overrides.
 
     python -m unigrpo.train loss.beta_v=0.01 rollout.num_generations=8 --config my.yaml
+    python -m unigrpo.train task=prompts task.file=prompts.txt task.reward=brightness
 
-Unknown keys and badly typed values are rejected with the list of valid ones.
+``task=NAME`` is short for ``task.name=NAME``. Unknown keys and badly typed
+values are rejected with the list of valid ones.
 """
 
 from __future__ import annotations
@@ -15,17 +17,12 @@ from typing import Any
 
 import yaml
 
+from ..io import atomic_write_text
 from ..rollout import RolloutConfig
-from ..tasks.shapes.verifier import MODES as REWARD_MODES
+from ..task import ModelConfig, TaskConfig
 from .losses import LossConfig
 
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
-
-
-@dataclass
-class ModelConfig:
-    checkpoint: str = "builtin:shapes-sft"  # a checkpoint directory, or the shipped SFT model
-    device: str = "auto"                    # auto: cuda when available
 
 
 @dataclass
@@ -48,12 +45,9 @@ class LoopConfig:
     minibatch_size: int = 16        # rounds per minibatch
     gradient_accumulation_steps: int = 1
     seed: int = 0
-    reward_mode: str = "shaped"     # the shapes verifier in training: strict | shaped | dense
     output_dir: str = "runs/unigrpo"
     save_every: int = 100
-    eval_every: int = 100
-    eval_prompts_per_category: int = 24  # = python -m unigrpo.eval: the same 216 held-out images
-    eval_steps: int = 40
+    eval_every: int = 100           # held-out evaluations (the task's evaluate; task.eval_* set its size)
     bf16_autocast: bool = True      # on CUDA only
 
 
@@ -68,6 +62,7 @@ def optimizer_steps_per_iteration(cfg: "TrainConfig") -> int:
 
 @dataclass
 class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -75,13 +70,12 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
+        self.task.validate()
         self.rollout.validate()
         self.loss.validate()
         t = self.train
-        if t.reward_mode not in REWARD_MODES:
-            raise ValueError(f"train.reward_mode must be one of {REWARD_MODES}, got {t.reward_mode!r}")
         for name in ("iterations", "prompts_per_iteration", "num_inner_epochs", "minibatch_size",
-                     "gradient_accumulation_steps", "save_every", "eval_every", "eval_steps"):
+                     "gradient_accumulation_steps", "save_every", "eval_every"):
             if getattr(t, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
         if self.optim.lr_scheduler_type not in LR_SCHEDULERS:
@@ -135,6 +129,7 @@ def apply(cfg: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
     """Set dotted keys (``{"loss.beta_v": 0.01}``) on ``cfg`` in place, type-checked."""
     keys = valid_keys(cfg)
     for key, value in updates.items():
+        key = "task.name" if key == "task" else key  # task=NAME (CLI) / task: NAME (YAML)
         if key not in keys:
             raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
         section, name = key.split(".", 1)
@@ -164,9 +159,10 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         apply(cfg, _flatten(data))
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ValueError(f"override {item!r} must look like section.key=value (or task=NAME)")
         key, value = item.split("=", 1)
-        apply(cfg, {key.strip(): value})
+        key = key.strip()
+        apply(cfg, {key: value})
     cfg.validate()
     return cfg
 
@@ -175,7 +171,11 @@ def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save(cfg: TrainConfig, path: str | Path) -> None:
+def dump(cfg: TrainConfig) -> str:
     d = to_dict(cfg)
     d["optim"]["betas"] = list(d["optim"]["betas"])
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def save(cfg: TrainConfig, path: str | Path) -> None:
+    atomic_write_text(path, dump(cfg))

@@ -1,11 +1,16 @@
-"""The joint UniGRPO objective on a minibatch of rounds (METHOD.md):
+"""The joint UniGRPO objective on a minibatch of rounds (docs/method.md):
 
     L = L_text + lambda_img * L_image + beta_v * L_reg
 
-L_text: token-level clipped GRPO surrogate (+ optional k3 KL) on the reasoning
-tokens; L_image: FlowGRPO's per-step clipped surrogate on the trained denoising
-steps; L_reg: velocity MSE against the frozen reference on the same states
-(or FlowGRPO's latent KL, or nothing, for ablations). One backward, one step.
+L_text: token-level clipped GRPO surrogate (+ optional k3 KL, weight ``beta``,
+applied in :func:`unigrpo.ops.grpo_token_loss`) on the reasoning tokens,
+aggregated as TRL's ``loss_type`` says; L_image: FlowGRPO's per-step clipped
+surrogate on the trained denoising steps; L_reg: velocity MSE against the
+frozen reference on the same states (or FlowGRPO's latent KL, or nothing, for
+ablations), weighted here and nowhere else. One backward, one step.
+
+One teacher-forced text pass per minibatch (``policy.text_and_image_context``)
+serves both the reasoning's log-probs and the image tokens' text context.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..policy import UnifiedPolicy, concat_tokens
+from ..policy import ImageContext, UnifiedPolicy, hidden_token_logprobs
 from ..rollout import RolloutBatch, guided_velocity
 
-LOSS_TYPES = ("token_mean", "seq_mean", "dr_grpo")
+LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
 PENALTIES = ops.sde.PENALTIES
 
 
@@ -31,10 +36,12 @@ class LossConfig:
     epsilon: float = 0.2
     epsilon_high: float | None = None    # None: = epsilon
     beta: float = 0.0                    # text k3 KL to the reference (off by default, as in TRL)
-    # token_mean (default): sum over all reasoning tokens of the minibatch / their count, so every
-    # token weighs the same whatever its round's length (DAPO, TRL's "dapo"); seq_mean: per-round
-    # mean, then mean (original GRPO, favours short rounds' tokens); dr_grpo: sum / (rounds * max_len)
-    loss_type: str = "token_mean"
+    # TRL's names and meanings (text tokens; the image steps are always a mean over the minibatch):
+    # dapo (default): sum over the tokens / the token count of the whole optimizer step (all its
+    # accumulated minibatches), so every token weighs the same whatever its round's length or
+    # minibatch; bnpo: the same per minibatch; grpo: per-round mean, then mean (favours short
+    # rounds' tokens); dr_grpo: sum / (rounds x rollout.max_reasoning_tokens), a constant
+    loss_type: str = "dapo"
     scale_rewards: str = "group"         # group | batch | none (Dr. GRPO)
     adv_clip_max: float = 5.0
     clip_range: float = 1e-4             # image ratio clip (FlowGRPO)
@@ -67,34 +74,57 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _aggregate(loss: Tensor, mask: Tensor, loss_type: str) -> Tensor:
-    """(B, N) per-token losses (0 where masked) -> scalar."""
+@dataclass(frozen=True)
+class TokenNorm:
+    """What the text loss of one minibatch is divided by, fixed before the step:
+    ``accumulation`` minibatches make one optimizer step and hold ``step_tokens``
+    reasoning tokens in all; ``max_tokens`` is ``rollout.max_reasoning_tokens``."""
+
+    accumulation: int = 1
+    step_tokens: float = 1.0
+    max_tokens: int = 1
+
+
+def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
+    """(B, N) per-token losses (0 where masked) of one minibatch -> its share of the
+    step's loss (TRL's ``loss_type``), already divided for gradient accumulation: the
+    sum of these over a step's minibatches is the step's loss."""
     mask = mask.float()
-    if loss_type == "token_mean":
-        return loss.sum() / mask.sum().clamp_min(1)
-    if loss_type == "seq_mean":
-        return (loss.sum(1) / mask.sum(1).clamp_min(1)).mean()
-    return loss.sum() / (loss.shape[0] * max(loss.shape[1], 1))
+    if loss_type == "dapo":
+        return loss.sum() / max(norm.step_tokens, 1.0)
+    if loss_type == "bnpo":
+        per_mb = loss.sum() / mask.sum().clamp_min(1)
+    elif loss_type == "grpo":
+        per_mb = (loss.sum(1) / mask.sum(1).clamp_min(1)).mean()
+    elif loss_type == "dr_grpo":
+        per_mb = loss.sum() / (loss.shape[0] * norm.max_tokens)
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return per_mb / norm.accumulation
 
 
-def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch, adv: Tensor,
-              cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    ids, mask = concat_tokens(mb.prompt_ids, mb.prompt_mask, mb.reasoning_ids, mb.reasoning_mask)
-    lp_all, ent_all = policy.token_logprobs(ids, mask, mb.temperature, return_entropy=True)
-    start = mb.prompt_ids.shape[1]
-    logp, ent = lp_all[:, start:], ent_all[:, start:]
-    tok_mask = mb.reasoning_mask.clone()
-    if cfg.mask_truncated:
-        tok_mask &= ~mb.truncated[:, None]
+def trained_token_mask(mb: RolloutBatch, cfg: LossConfig) -> Tensor:
+    """bool (B, N): the reasoning tokens the text loss trains (``mask_truncated`` drops truncated rounds)."""
+    mask = mb.reasoning_mask
+    return mask & ~mb.truncated[:, None] if cfg.mask_truncated else mask
+
+
+def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
+              hidden: Tensor, norm: TokenNorm) -> tuple[Tensor, dict[str, Tensor]]:
+    """hidden: the policy's teacher-forced states of ``mb.ids`` (B, L, H)."""
+    start = mb.reasoning_start
+    logp, ent = hidden_token_logprobs(hidden, policy.lm_head_weight, mb.ids, mb.mask, mb.temperature, start,
+                                      return_entropy=True)
+    tok_mask = trained_token_mask(mb, cfg)
     ref_logp = None
     if cfg.beta > 0 and ref is not None:
         with torch.no_grad():
-            ref_logp = ref.token_logprobs(ids, mask, mb.temperature)[:, start:]
-    flat = tok_mask.reshape(-1)
+            ref_logp = ref.token_logprobs(mb.ids, mb.mask, mb.temperature, start)
     out = ops.grpo_token_loss(mb.reasoning_logprobs.reshape(-1), adv[:, None].expand_as(logp).reshape(-1),
-                              flat, logp=logp.reshape(-1), eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
-                              ref_logp=None if ref_logp is None else ref_logp.reshape(-1), beta=cfg.beta)
-    loss = _aggregate(out.loss.view_as(logp), tok_mask, cfg.loss_type)
+                              tok_mask.reshape(-1), logp=logp.reshape(-1), eps_low=cfg.epsilon,
+                              eps_high=cfg.epsilon_high, ref_logp=None if ref_logp is None else ref_logp.reshape(-1),
+                              beta=cfg.beta)
+    loss = aggregate_token_loss(out.loss.view_as(logp), tok_mask, cfg.loss_type, norm)
     n = tok_mask.float().sum().clamp_min(1)
     stats = {f"text/{k}": v for k, v in out.stats.items()}
     stats["text/entropy"] = (ent.detach() * tok_mask).sum() / n
@@ -103,45 +133,62 @@ def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch
     return loss, stats
 
 
-def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor,
-               cfg: LossConfig) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(mean clipped surrogate, mean penalty, stats) over the trained (round, step) pairs."""
-    ids, mask = concat_tokens(mb.prompt_ids, mb.prompt_mask, mb.reasoning_ids, mb.reasoning_mask)
-    rows, steps = mb.train_steps.to(ids.device).nonzero(as_tuple=True)
+def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
+               ctx: ImageContext) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(mean clipped surrogate, mean penalty, stats) over the trained (round, step) pairs.
+    ctx: the policy's image context of ``mb.ids`` (with autograd history unless
+    ``image_context_grad`` is off)."""
+    rows, steps = mb.train_steps.to(mb.ids.device).nonzero(as_tuple=True)
     sig, sig_next = mb.sigmas[steps], mb.sigmas[steps + 1]
     x, x_next = mb.latents[rows, steps], mb.latents[rows, steps + 1]
 
-    def velocity(model, grad: bool):
-        with torch.set_grad_enabled(grad and cfg.image_context_grad):
-            ctx = model.image_context(ids, mask).select(rows)
-            uncond = None
-            if mb.guidance_scale != 1.0:
-                empty = model.encode_prompts([""] * len(mb), reasoning=False)
-                uncond = model.image_context(empty.ids, empty.mask).select(rows)
-        with torch.set_grad_enabled(grad):
-            return guided_velocity(model, x, sig, ctx, uncond, mb.guidance_scale)
+    def uncond_context(model):  # CFG (ablation only): the empty prompt's context
+        if mb.guidance_scale == 1.0:
+            return None
+        empty = model.encode_prompts([""] * len(mb), reasoning=False)
+        return model.image_context(empty.ids, empty.mask).select(rows)
 
-    v = velocity(policy, True)
-    v_ref = velocity(ref, False) if cfg.image_penalty != "none" else v.detach()
+    with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.image_context_grad):
+        uncond = uncond_context(policy)
+    v = guided_velocity(policy, x, sig, ctx.select(rows), uncond, mb.guidance_scale)
+    if cfg.image_penalty == "none":
+        v_ref = v.detach()
+    else:
+        with torch.no_grad():
+            ref_ctx = ref.image_context(mb.ids, mb.mask).select(rows)
+            v_ref = guided_velocity(ref, x, sig, ref_ctx, uncond_context(ref), mb.guidance_scale)
     out = ops.flow_grpo_step_loss(v, v_ref, x, x_next, sig, sig_next, mb.step_logprobs[rows, steps], adv[rows],
-                                  noise_level=mb.noise_level, clip_range=cfg.clip_range, beta=0.0,
-                                  penalty=cfg.image_penalty)
+                                  noise_level=mb.noise_level, clip_range=cfg.clip_range, penalty=cfg.image_penalty)
     stats = {f"image/{k}": s for k, s in out.stats.items()}
     return out.loss.mean(), out.penalty.mean(), stats
 
 
-def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor,
-               cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """The scalar to backpropagate for one minibatch, and its stats (0-dim tensors)."""
-    total = torch.zeros((), device=adv.device)
+def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
+               norm: TokenNorm | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The scalar to backpropagate for one minibatch (its share of the optimizer
+    step's loss: divided for ``norm.accumulation``), and its stats (0-dim tensors;
+    ``loss/*`` per minibatch, before that division)."""
+    if norm is None:  # one minibatch, one step
+        norm = TokenNorm(1, float(trained_token_mask(mb, cfg).sum()), mb.reasoning_mask.shape[1])
     stats: dict[str, Tensor] = {}
+    if cfg.train_text and cfg.train_image:
+        hidden, ctx = policy.text_and_image_context(mb.ids, mb.mask)
+    elif cfg.train_text:
+        hidden, ctx = policy.text_forward(mb.ids, mb.mask), None
+    else:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.image_context_grad):
+            hidden, ctx = None, policy.image_context(mb.ids, mb.mask)
+    if ctx is not None and not cfg.image_context_grad:
+        ctx = ctx.detach()
+    total = torch.zeros((), device=adv.device)
     if cfg.train_text:
-        lt, s = text_loss(policy, ref, mb, adv, cfg)
+        lt, s = text_loss(policy, ref, mb, adv, cfg, hidden, norm)
         total = total + lt
-        stats.update(s, **{"loss/text": lt.detach()})
+        stats.update(s, **{"loss/text": lt.detach() * (1 if cfg.loss_type == "dapo" else norm.accumulation)})
     if cfg.train_image:
-        li, reg, s = image_loss(policy, ref, mb, adv, cfg)
-        total = total + cfg.lambda_img * li + cfg.beta_v * reg
+        li, reg, s = image_loss(policy, ref, mb, adv, cfg, ctx)
+        image_total = cfg.lambda_img * li + cfg.beta_v * reg
+        total = total + image_total / norm.accumulation
         stats.update(s, **{"loss/image": li.detach(), "loss/reg": reg.detach()})
     stats["loss/total"] = total.detach()
     return total, stats

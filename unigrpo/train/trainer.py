@@ -17,22 +17,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..rewards import NonFiniteRewardError, WeightedRewards, shapes_verifier_reward
-from ..rollout import generate_rounds
+from ..policy import UnifiedPolicy
+from ..rewards import NonFiniteRewardError
+from ..rollout import RolloutBatch, generate_rounds
+from ..task import Task, build_task
 from . import checkpointing
 from .advantages import group_advantages
 from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
-from .losses import joint_loss
-
-BUILTIN = "builtin:shapes-sft"
-
-
-def resolve_checkpoint(name: str) -> Path:
-    if name == BUILTIN:
-        from ..eval import DEFAULT_CHECKPOINT
-
-        return DEFAULT_CHECKPOINT
-    return Path(name)
+from .losses import TokenNorm, joint_loss, trained_token_mask
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,28 +41,32 @@ def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def _reward_metrics(batch) -> dict[str, float]:
+def _reward_metrics(batch: RolloutBatch) -> dict[str, float]:
     """reward/mean: the trained (weighted) reward; reward/<name>_*: each component."""
     out = {"reward/mean": float(batch.rewards.mean())}
     for name, scores in batch.reward_components.items():
         out[f"reward/{name}_mean"] = float(scores.mean())
         out[f"reward/{name}_std"] = float(scores.std()) if len(scores) > 1 else 0.0
-    strict = batch.reward_components.get("strict")
-    if strict is not None:
-        cats = [getattr(m, "category", "all") for m in batch.metadata]
-        for cat in sorted(set(cats)):
-            idx = [i for i, c in enumerate(cats) if c == cat]
-            out[f"accuracy/{cat}"] = float(strict[idx].mean())
-        out["accuracy/train_overall"] = float(strict.mean())
     return out
+
+
+def plan_minibatches(batch: RolloutBatch, cfg: TrainConfig, generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """The iteration's optimizer steps, each a list of minibatch index tensors: the
+    inner epochs' shuffled minibatches in order, ``gradient_accumulation_steps`` to a
+    step (a last partial step still steps). Planned up front so that a step's token
+    count (the ``dapo`` normaliser) is known before its first backward."""
+    t = cfg.train
+    flat = [idx for _ in range(t.num_inner_epochs) for idx in batch.minibatch_indices(t.minibatch_size, generator)]
+    return [flat[i:i + t.gradient_accumulation_steps] for i in range(0, len(flat), t.gradient_accumulation_steps)]
 
 
 class Trainer:
     """Holds the policy, reference, optimizer and RNG streams of one run."""
 
-    def __init__(self, cfg: TrainConfig, *, policy=None, prompts: Sequence[Any] | None = None,
-                 rewards: WeightedRewards | None = None, resume: str | Path | None = None,
-                 progress: bool = True, evaluate: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, *, task: Task | None = None, policy: UnifiedPolicy | None = None,
+                 resume: str | Path | None = None, progress: bool = True, evaluate: bool = True) -> None:
+        """``task``: default ``build_task(cfg.task)``; ``policy``: default the task's
+        ``build_policy(cfg.model)``; ``evaluate`` False skips the held-out evaluations."""
         cfg.validate()
         self.cfg, self.progress, self.do_eval = cfg, progress, evaluate
         seed = cfg.train.seed
@@ -78,21 +74,15 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
         self.device = resolve_device(cfg.model.device)
+        self.task = build_task(cfg.task) if task is None else task
         if policy is None:
-            from ..models import ShapesModel
-
-            policy = ShapesModel.from_pretrained(resolve_checkpoint(cfg.model.checkpoint), device=self.device)
+            policy = self.task.build_policy(cfg.model, self.device)
         self.policy = policy.to(self.device)
         self.ref = self.policy.reference_copy()  # the initial policy, frozen
-        if prompts is None:
-            from ..tasks.shapes import make_split
-
-            prompts = make_split(0).train
-        self.prompts = list(prompts)
-        mode = cfg.train.reward_mode  # trained on; strict (the accuracy) is always logged
-        self.rewards = rewards or WeightedRewards(
-            [(mode, shapes_verifier_reward(mode), 1.0)]
-            + ([("strict", shapes_verifier_reward("strict"), 0.0)] if mode != "strict" else []))
+        self.prompts = list(self.task.train_prompts())
+        if not self.prompts:
+            raise ValueError(f"task {self.task.name!r} has no training prompts")
+        self.rewards = self.task.rewards()
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay)
@@ -152,10 +142,10 @@ class Trainer:
         start = time.perf_counter()
         pick = torch.randperm(len(self.prompts), generator=self.generators["prompts"])[:t.prompts_per_iteration]
         chosen = [self.prompts[i] for i in pick.tolist()]
-        texts = [getattr(p, "text", p) for p in chosen]
         self.policy.eval()
         try:
-            batch = generate_rounds(self.policy, texts, chosen, self.rewards, cfg.rollout, self.generators["rollout"])
+            batch = generate_rounds(self.policy, [p.text for p in chosen], [p.metadata for p in chosen],
+                                    self.rewards, cfg.rollout, self.generators["rollout"])
         except NonFiniteRewardError as e:
             self.counters["skipped_nonfinite_reward"] += 1
             return {"skipped": f"non-finite reward: {e}"}
@@ -164,28 +154,29 @@ class Trainer:
                                cfg.loss.adv_clip_max).to(self.device)
         batch = batch.to(self.device)
         self.policy.train()
-        stats, grad_norms, micro = [], [], 0
-        self.optimizer.zero_grad(set_to_none=True)
-        for epoch in range(t.num_inner_epochs):
-            for mb_idx in batch.minibatch_indices(t.minibatch_size, self.generators["shuffle"]):
-                mb = batch.select(mb_idx)
+        stats, grad_norms = [], []
+        token_mask = trained_token_mask(batch, cfg.loss)
+        for step in plan_minibatches(batch, cfg, self.generators["shuffle"]):
+            norm = TokenNorm(len(step), float(sum(int(token_mask[i.to(self.device)].sum()) for i in step)),
+                             cfg.rollout.max_reasoning_tokens)
+            self.optimizer.zero_grad(set_to_none=True)
+            finite = True
+            for mb_idx in step:
+                idx = mb_idx.to(self.device)
                 with self._autocast():
-                    loss, s = joint_loss(self.policy, self.ref, mb, adv[mb_idx.to(self.device)], cfg.loss)
+                    loss, s = joint_loss(self.policy, self.ref, batch.select(idx), adv[idx], cfg.loss, norm)
                 if not torch.isfinite(loss):
-                    self.counters["skipped_nonfinite_loss"] += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    micro = 0
-                    continue
-                (loss / t.gradient_accumulation_steps).backward()
+                    finite = False
+                    break
+                loss.backward()
                 stats.append(s)
-                micro += 1
-                if micro == t.gradient_accumulation_steps:
-                    grad_norms.append(self._step())
-                    micro = 0
-        if micro:
-            grad_norms.append(self._step())
+            if finite:
+                grad_norms.append(self._step())
+            else:  # the whole step is dropped: a partial accumulation would change the objective
+                self.counters["skipped_nonfinite_loss"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        metrics = {**_reward_metrics(batch), **_mean_stats(stats),
+        metrics = {**_reward_metrics(batch), **self.task.batch_metrics(batch), **_mean_stats(stats),
                    "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                    "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(batch) / rollout_s,
                    "train/iteration_s": elapsed, "train/advantage_abs_mean": float(adv.abs().mean()),
@@ -208,16 +199,13 @@ class Trainer:
         return float(norm)
 
     def evaluate(self, tag: str) -> dict[str, float]:
-        from ..eval import EvalConfig, evaluate
-
-        t = self.cfg.train
+        """The task's held-out evaluation, written to ``RUN/eval-<tag>/``, as ``eval/*`` metrics."""
         self.policy.eval()
-        res = evaluate(EvalConfig(out=str(self.run_dir / f"eval-{tag}"), steps=t.eval_steps,
-                                  images_per_category=t.eval_prompts_per_category, grid_per_category=2), self.policy)
-        r = res["modes"]["reasoning"] if "modes" in res else res
-        out = {"eval/overall": r["overall"]}
-        out.update({f"eval/{k}": v for k, v in r.get("per_category", {}).items()})
-        return out
+        with torch.no_grad():
+            res = self.task.evaluate(self.policy, self.run_dir / f"eval-{tag}")
+        if "overall" not in res:
+            raise ValueError(f"task {self.task.name!r}: evaluate() must return an 'overall' metric, got {sorted(res)}")
+        return {f"eval/{k}": float(v) for k, v in res.items()}
 
     def fit(self, initial_eval: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Train to ``train.iterations``. ``initial_eval``: the iteration-0 evaluation when
@@ -274,8 +262,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = sorted({k for h in history for k in h if k.startswith("reward/") and k.endswith("_mean")})
     series = [(k, 0, f"train {k[7:-5]} reward") for k in keys] + [
-        ("accuracy/train_overall", 0, "train accuracy (strict)") if "reward/strict_mean" not in keys else None,
-        ("eval/overall", 1, "held-out accuracy (ODE, strict)")]
+        ("accuracy/train_overall", 0, "train accuracy") if "reward/strict_mean" not in keys else None,
+        ("eval/overall", 1, "held-out (the task's evaluation, overall)")]
     for key, axis, label in filter(None, series):
         pts = [(h["iteration"], h[key]) for h in history if key in h]
         if not pts:

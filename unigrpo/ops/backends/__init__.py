@@ -29,12 +29,12 @@ Token side (logits: (N, V) fp32/fp16/bf16, ids: (N,) int64, math in fp32):
 Image side (x, x_next, v, v_ref: (B, D), one dtype among fp32/fp16/bf16;
 weight: None, (D,) or (B, D) of that dtype; cx, cv, a, b: (B,) fp32):
 
-  flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
+  sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
       s1[b] = sum_d (x_next - cx[b] * x - cv[b] * v)^2        if want_s1
       s2[b] = sum_d w * (v - v_ref)^2   (w = 1 without weight) if want_s2
       -> (s1 or None, s2 or None), (B,) fp32. Tensors a term does not use may be None.
 
-  flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b)
+  sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b)
       grad[b, d] = a[b] * (x_next - cx[b] * x - cv[b] * v) + b[b] * w * (v - v_ref)
       -> (B, D), dtype of v. a is None -> first term absent; b is None -> second.
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 name = "native"
 
-_REQUIRED = ("logprob_forward", "logprob_backward", "flow_row_sums", "flow_row_grad")
+_REQUIRED = ("logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad")
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -163,7 +163,7 @@ def _weight(weight: Tensor | None, v: Tensor) -> tuple[Tensor | None, int]:
     return weight.reshape(b, d).contiguous(), d
 
 
-def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
+def sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     if not (want_s1 or want_s2):
         return None, None
     v = v.contiguous()
@@ -175,12 +175,12 @@ def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     out = dict(dtype=torch.float32, device=v.device)
     s1 = torch.empty(b, **out) if want_s1 else None
     s2 = torch.empty(b, **out) if want_s2 else None
-    _call(v.device, "flow_row_sums", _dtype_code(v), b, d, _ptr(x), _ptr(x_next), v.data_ptr(), _ptr(cx),
+    _call(v.device, "sde_row_sums", _dtype_code(v), b, d, _ptr(x), _ptr(x_next), v.data_ptr(), _ptr(cx),
           _ptr(cv), _ptr(v_ref), _ptr(weight), w_stride, _ptr(s1), _ptr(s2))
     return s1, s2
 
 
-def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
+def sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     v = v.contiguous()
     rows, d = v.shape
     has_a, has_b = a is not None, b is not None
@@ -189,6 +189,6 @@ def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     cx, cv = (_vec(cx), _vec(cv)) if has_a else (None, None)
     a, b = _vec(a), _vec(b)
     grad = torch.empty((rows, d), dtype=v.dtype, device=v.device)
-    _call(v.device, "flow_row_grad", _dtype_code(v), rows, d, _ptr(x), _ptr(x_next), v.data_ptr(), _ptr(cx),
+    _call(v.device, "sde_row_grad", _dtype_code(v), rows, d, _ptr(x), _ptr(x_next), v.data_ptr(), _ptr(cx),
           _ptr(cv), _ptr(v_ref), _ptr(weight), w_stride, _ptr(a), _ptr(b), grad.data_ptr())
     return grad

@@ -43,7 +43,7 @@ def _weighted_diff(v, v_ref, weight):
     return d if weight is None else d * weight.float()
 
 
-def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
+def sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     s1 = _residual(x, x_next, v, cx, cv).square().sum(-1) if want_s1 else None
     s2 = None
     if want_s2:
@@ -52,7 +52,7 @@ def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     return s1, s2
 
 
-def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
+def sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     grad = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     if a is not None:
         grad += a[:, None] * _residual(x, x_next, v, cx, cv)

@@ -1,4 +1,4 @@
-"""The four backend kernels in Triton (kernels in ``unigrpo.kernels``).
+"""The four backend kernels in Triton (kernels in ``unigrpo.ops.triton``).
 
 Same functions, signatures and output dtypes as ``torch_backend``; this module
 allocates the outputs, picks block sizes / num_warps and launches. Importing it
@@ -29,7 +29,7 @@ try:  # never let a broken / missing triton break `import unigrpo`
 except Exception as exc:  # pragma: no cover - depends on the environment
     load_error = f"triton import failed: {type(exc).__name__}: {exc}"
 
-_kern = None  # the unigrpo.kernels module, once imported
+_kern = None  # the unigrpo.ops.triton package, once imported
 
 # Launch configuration. GPU: large power-of-2 chunks (memory-bound kernels).
 # Interpreter: small chunks so that CPU tests are fast yet still loop / mask.
@@ -42,15 +42,15 @@ _MAX_GRID_DIM1 = 65535
 
 
 def _kernels():
-    """Import ``unigrpo.kernels`` once; on failure record ``load_error`` and raise."""
+    """Import ``unigrpo.ops.triton`` once; on failure record ``load_error`` and raise."""
     global _kern, load_error
     if _kern is None:
         if load_error is not None:
             raise RuntimeError(f"triton backend unavailable: {load_error}")
         try:
-            from ... import kernels as mod
+            from .. import triton as mod  # unigrpo.ops.triton (the kernels), not the triton package
         except Exception as exc:
-            load_error = f"unigrpo.kernels import failed: {type(exc).__name__}: {exc}"
+            load_error = f"unigrpo.ops.triton import failed: {type(exc).__name__}: {exc}"
             raise RuntimeError(f"triton backend unavailable: {load_error}") from exc
         _kern = mod
     return _kern
@@ -203,7 +203,7 @@ def _flow_block(v: Tensor, d: int) -> int:
     return block
 
 
-def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
+def sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     k = _kernels()
     if not (want_s1 or want_s2):
         return None, None
@@ -219,7 +219,7 @@ def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     s1p = torch.empty((bsz, split), dtype=torch.float32, device=dev) if want_s1 else None
     s2p = torch.empty((bsz, split), dtype=torch.float32, device=dev) if want_s2 else None
     with _device_ctx(v):
-        k.launch_flow_row_sums(
+        k.launch_sde_row_sums(
             _rows(x) if want_s1 else None,
             _rows(x_next) if want_s1 else None,
             _rows(v),
@@ -242,7 +242,7 @@ def flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
     return finish(s1p), finish(s2p)
 
 
-def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
+def sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     k = _kernels()
     bsz, d = v.shape
     if a is None and b is None:
@@ -253,7 +253,7 @@ def flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     block = _flow_block(v, d)
     has_a, has_b = a is not None, b is not None
     with _device_ctx(v):
-        k.launch_flow_row_grad(
+        k.launch_sde_row_grad(
             _rows(x) if has_a else None,
             _rows(x_next) if has_a else None,
             _rows(v),

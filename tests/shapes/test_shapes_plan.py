@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unigrpo.tasks import shapes as S
+from unigrpo import shapes as S
 
 
 def test_serialise_example():

@@ -2,9 +2,9 @@
 //
 // Contract (unigrpo/ops/backends/__init__.py), (B, D) inputs of one dtype,
 // fp32 math and accumulation:
-//   flow_row_sums  s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2
-//                  s2[b] = sum_d w (v - v_ref)^2            (w = 1 without weight)
-//   flow_row_grad  grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
+//   sde_row_sums  s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2
+//                 s2[b] = sum_d w (v - v_ref)^2            (w = 1 without weight)
+//   sde_row_grad  grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
 //
 // Sums: one CTA per row; each thread keeps one accumulator per vector lane
 // (short sequential chains), then a warp-shuffle + shared-memory block sum.
@@ -32,13 +32,13 @@ void with_bool(bool b, F&& f) {
 // ----------------------------------------------------------------- row sums
 
 template <typename T, bool S1, bool S2, bool W, bool VP>
-__global__ void __launch_bounds__(1024) flow_row_sums_kernel(int64_t B, int64_t D, const T* __restrict__ x,
-                                                             const T* __restrict__ xn, const T* __restrict__ v,
-                                                             const float* __restrict__ cx,
-                                                             const float* __restrict__ cv,
-                                                             const T* __restrict__ vref, const T* __restrict__ w,
-                                                             int64_t wrs, float* __restrict__ s1,
-                                                             float* __restrict__ s2) {
+__global__ void __launch_bounds__(1024) sde_row_sums_kernel(int64_t B, int64_t D, const T* __restrict__ x,
+                                                            const T* __restrict__ xn, const T* __restrict__ v,
+                                                            const float* __restrict__ cx,
+                                                            const float* __restrict__ cv,
+                                                            const T* __restrict__ vref, const T* __restrict__ w,
+                                                            int64_t wrs, float* __restrict__ s1,
+                                                            float* __restrict__ s2) {
   __shared__ float sh[32];
   constexpr int VEC = VP ? VecTraits<T>::kVec : 1;
   const int tid = threadIdx.x, nthr = blockDim.x;
@@ -140,7 +140,7 @@ void row_sums_typed(int64_t B, int64_t D, const void* x, const void* xn, const v
           if constexpr (S2 || !W) {
             with_bool(vp, [&](auto vp_tag) {
               constexpr bool VP = decltype(vp_tag)::value;
-              flow_row_sums_kernel<T, S1, S2, W, VP><<<grid, threads, 0, stream>>>(
+              sde_row_sums_kernel<T, S1, S2, W, VP><<<grid, threads, 0, stream>>>(
                   B, D, static_cast<const T*>(x), static_cast<const T*>(xn), static_cast<const T*>(v), cx, cv,
                   static_cast<const T*>(vref), static_cast<const T*>(w), wrs, s1, s2);
             });
@@ -156,7 +156,7 @@ void row_sums_typed(int64_t B, int64_t D, const void* x, const void* xn, const v
 constexpr int kGradBlock = 256;
 
 template <typename T, bool HA, bool HB, bool W, bool VP>
-__global__ void __launch_bounds__(kGradBlock) flow_row_grad_kernel(
+__global__ void __launch_bounds__(kGradBlock) sde_row_grad_kernel(
     int64_t B, int64_t D, const T* __restrict__ x, const T* __restrict__ xn, const T* __restrict__ v,
     const float* __restrict__ cx, const float* __restrict__ cv, const T* __restrict__ vref, const T* __restrict__ w,
     int64_t wrs, const float* __restrict__ a, const float* __restrict__ b, T* __restrict__ out) {
@@ -246,7 +246,7 @@ void row_grad_typed(int64_t B, int64_t D, const void* x, const void* xn, const v
         if constexpr (HB || !W) {
           with_bool(vp, [&](auto vp_tag) {
             constexpr bool VP = decltype(vp_tag)::value;
-            flow_row_grad_kernel<T, HA, HB, W, VP><<<grid, kGradBlock, 0, stream>>>(
+            sde_row_grad_kernel<T, HA, HB, W, VP><<<grid, kGradBlock, 0, stream>>>(
                 B, D, static_cast<const T*>(x), static_cast<const T*>(xn), static_cast<const T*>(v), cx, cv,
                 static_cast<const T*>(vref), static_cast<const T*>(w), wrs, a, b, static_cast<T*>(out));
           });
@@ -258,9 +258,9 @@ void row_grad_typed(int64_t B, int64_t D, const void* x, const void* xn, const v
 
 }  // namespace
 
-cudaError_t launch_flow_row_sums(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
-                                 const float* cx, const float* cv, const void* v_ref, const void* weight,
-                                 int64_t weight_row_stride, float* s1, float* s2, cudaStream_t stream) {
+cudaError_t launch_sde_row_sums(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
+                                const float* cx, const float* cv, const void* v_ref, const void* weight,
+                                int64_t weight_row_stride, float* s1, float* s2, cudaStream_t stream) {
   switch (dtype) {
     case kFloat32:
       row_sums_typed<float>(B, D, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride, s1, s2, stream);
@@ -277,10 +277,10 @@ cudaError_t launch_flow_row_sums(int dtype, int64_t B, int64_t D, const void* x,
   return cudaGetLastError();
 }
 
-cudaError_t launch_flow_row_grad(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
-                                 const float* cx, const float* cv, const void* v_ref, const void* weight,
-                                 int64_t weight_row_stride, const float* a, const float* b, void* grad_out,
-                                 cudaStream_t stream) {
+cudaError_t launch_sde_row_grad(int dtype, int64_t B, int64_t D, const void* x, const void* x_next, const void* v,
+                                const float* cx, const float* cv, const void* v_ref, const void* weight,
+                                int64_t weight_row_stride, const float* a, const float* b, void* grad_out,
+                                cudaStream_t stream) {
   switch (dtype) {
     case kFloat32:
       row_grad_typed<float>(B, D, x, x_next, v, cx, cv, v_ref, weight, weight_row_stride, a, b, grad_out, stream);

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from unigrpo.tasks import shapes as S
-from unigrpo.tasks.shapes.knowledge import COLOR_CLUES
+from unigrpo import shapes as S
+from unigrpo.shapes.knowledge import COLOR_CLUES
 
 
 def _by_text(text):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
 
-from ..policy import ImageContext, TokenBatch, UnifiedPolicy
+from ...policy import ImageContext, TokenBatch, UnifiedPolicy
 from . import checkpoint
 from .config import ShapesConfig
 from .layers import TimestepEmbedding, UnifiedDecoderLayer, patchify, unpatchify
@@ -256,11 +256,17 @@ class ShapesModel(UnifiedPolicy):
         return torch.cat([ids, marker], 1), torch.cat([mask, mask.new_ones((b, 1))], 1)
 
     def image_context(self, ids: Tensor, mask: Tensor) -> KVImageContext:
+        return self.text_and_image_context(ids, mask)[1]
+
+    def text_and_image_context(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, KVImageContext]:
+        """One causal pass over ``[ids][<image>]``: the text's hidden states (B, L, H)
+        (the marker comes last, so they equal :meth:`text_forward`'s) and the KV cache
+        the image tokens attend to."""
         ids, mask = self._with_image_marker(ids, self._check_text(ids, mask))
         cache = DynamicCache(config=self.qwen2_config)
-        self._text_pass(ids, mask, cache)
+        hidden = self._text_pass(ids, mask, cache)
         kv = tuple((layer.keys, layer.values) for layer in cache.layers)
-        return KVImageContext(kv, mask, mask.long().sum(1))
+        return hidden[:, :-1], KVImageContext(kv, mask, mask.long().sum(1))
 
     def _image_tokens(self, x: Tensor, sigma: Tensor) -> Tensor:
         c = self.config

@@ -1,7 +1,7 @@
 """A word-level Hugging Face tokenizer over the shapes vocabulary.
 
 A ``tokenizers`` WordLevel model (whitespace split, special tokens first, ids
-fixed by :func:`unigrpo.tasks.shapes.vocabulary`) wrapped as a
+fixed by :func:`unigrpo.shapes.vocabulary`) wrapped as a
 ``transformers.PreTrainedTokenizerFast`` with left padding, saved as
 ``tokenizer.json`` (+ ``tokenizer_config.json``) by ``save_pretrained``.
 Unknown words would map to ``<unk>``; :func:`encode_strict` refuses them
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..tasks.shapes import vocab as shapes_vocab
+from .. import vocab as shapes_vocab
 
 __all__ = ["build_tokenizer", "load_tokenizer", "encode_strict", "special_token_ids"]
 

@@ -6,10 +6,10 @@ import json
 import torch
 from PIL import Image
 
-from unigrpo.eval import EvalConfig, evaluate, format_table, main, sample_images, select_prompts
+from unigrpo.shapes.eval import EvalConfig, evaluate, format_table, main, sample_images, select_prompts
 from unigrpo.images import image_grid, save_curves
-from unigrpo.models import ShapesConfig, ShapesModel
-from unigrpo.tasks.shapes import CATEGORIES, make_split
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
+from unigrpo.shapes import CATEGORIES, make_split
 
 
 def _tiny_checkpoint(path):

@@ -3,9 +3,9 @@ affine gradient. Contract (see ``unigrpo/ops/backends/__init__.py``); (B, D)
 tensors share one dtype among fp32/fp16/bf16 and have contiguous rows of length
 D; math is fp32.
 
-  flow_row_sums  s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2
-                 s2[b] = sum_d w (v - v_ref)^2
-  flow_row_grad  grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
+  sde_row_sums  s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2
+                s2[b] = sum_d w (v - v_ref)^2
+  sde_row_grad  grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
 
 ``w`` is absent (HAS_W False), a (D,) vector (row stride 0) or (B, D) (row stride D).
 
@@ -25,7 +25,7 @@ MAX_GRID_DIM1 = 65535
 
 
 @triton.jit
-def _flow_row_sums_kernel(
+def _sde_row_sums_kernel(
     x_ptr,
     x_next_ptr,
     v_ptr,
@@ -79,7 +79,7 @@ def _flow_row_sums_kernel(
 
 
 @triton.jit
-def _flow_row_grad_kernel(
+def _sde_row_grad_kernel(
     x_ptr,
     x_next_ptr,
     v_ptr,
@@ -127,7 +127,7 @@ def _weight_row_stride(weight, d):
     return 0 if weight.dim() == 1 else d
 
 
-def launch_flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1_partial, s2_partial, *, block_d, split, num_warps):
+def launch_sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1_partial, s2_partial, *, block_d, split, num_warps):
     """Fill ``s1_partial`` / ``s2_partial`` ((B, split) fp32, contiguous; None = term
     not wanted) with per-row partial sums; the row sum is ``partial.sum(-1)``.
 
@@ -142,7 +142,7 @@ def launch_flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1_partial, s2_par
     if split < 1 or split > MAX_GRID_DIM1:
         raise ValueError(f"split={split} out of range")
     dummy = v  # stands in for pointers a disabled branch never touches (never an output)
-    _flow_row_sums_kernel[(bsz, split)](
+    _sde_row_sums_kernel[(bsz, split)](
         x if want_s1 else dummy,
         x_next if want_s1 else dummy,
         v,
@@ -163,7 +163,7 @@ def launch_flow_row_sums(x, x_next, v, cx, cv, v_ref, weight, s1_partial, s2_par
     )
 
 
-def launch_flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b, grad, *, block_d, num_warps):
+def launch_sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b, grad, *, block_d, num_warps):
     """Fill ``grad`` ((B, D) contiguous, any float dtype) with
     ``a[:, None] * residual + b[:, None] * w * (v - v_ref)``; a term whose
     coefficient is None is absent (both None gives zeros).
@@ -181,7 +181,7 @@ def launch_flow_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b, grad, *, blo
     has_b = b is not None
     has_w = has_b and weight is not None
     dummy = v
-    _flow_row_grad_kernel[(bsz, n_chunks)](
+    _sde_row_grad_kernel[(bsz, n_chunks)](
         x if has_a else dummy,
         x_next if has_a else dummy,
         v,

@@ -4,7 +4,8 @@ seeded, stops at </think>, and reports truncation."""
 import pytest
 import torch
 
-from unigrpo.policy import concat_tokens, filter_logits, sample_tokens
+from unigrpo.policy import concat_tokens
+from unigrpo.sampling import filter_logits, generate_reasoning, sample_tokens
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic-cache", "static-cache"])
@@ -12,9 +13,9 @@ from unigrpo.policy import concat_tokens, filter_logits, sample_tokens
 def test_cached_generation_matches_full_forward(model, prompts, temperature, static):
     b = model.encode_prompts(prompts)
     g = torch.Generator().manual_seed(3)
-    r = model.generate_reasoning(b.ids, b.mask, max_new_tokens=12, temperature=temperature, generator=g)
+    r = generate_reasoning(model, b.ids, b.mask, max_new_tokens=12, temperature=temperature, generator=g)
     ids, mask = concat_tokens(b.ids, b.mask, r.ids, r.mask)
-    lp = model.token_logprobs(ids, mask, r.temperature)[:, b.ids.shape[1]:]
+    lp = model.token_logprobs(ids, mask, r.temperature, start=b.ids.shape[1])
     torch.testing.assert_close(lp, r.logprobs, rtol=1e-5, atol=1e-5)
     assert bool((r.logprobs[~r.mask] == 0).all())
     # the logits of every step, not only the sampled token's log-prob
@@ -46,7 +47,7 @@ def test_static_decode_state_is_updated_in_place(make_tiny, prompts):
 def test_graphed_decode_equals_eager(make_tiny, prompts):
     model = make_tiny().to("cuda")
     b = model.encode_prompts(prompts)
-    runs = [model.generate_reasoning(b.ids, b.mask, max_new_tokens=10, cuda_graph=graphed,
+    runs = [generate_reasoning(model, b.ids, b.mask, max_new_tokens=10, cuda_graph=graphed,
                                      generator=torch.Generator("cuda").manual_seed(7)) for graphed in (False, True)]
     assert torch.equal(runs[0].ids, runs[1].ids)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, rtol=1e-5, atol=1e-5)
@@ -54,23 +55,27 @@ def test_graphed_decode_equals_eager(make_tiny, prompts):
 
 def test_token_logprobs_entropy_and_unfused_agree(model, batch):
     tb = batch(model)
-    lp, ent = model.token_logprobs(tb.ids, tb.mask, 0.8, return_entropy=True)
+    lp, ent = model.token_logprobs(tb.ids, tb.mask, 0.8, return_entropy=True)  # tokens 1 .. L - 1
     logits = model.token_logits(tb.ids, tb.mask)[:, :-1] / 0.8
     ref = torch.log_softmax(logits, -1).gather(-1, tb.ids[:, 1:, None])[..., 0]
     valid = tb.mask[:, 1:] & tb.mask[:, :-1]
-    torch.testing.assert_close(lp[:, 1:][valid], ref[valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lp[valid], ref[valid], rtol=1e-5, atol=1e-5)
     p = torch.softmax(logits, -1)
     ref_ent = -(p * torch.log_softmax(logits, -1)).sum(-1)
-    torch.testing.assert_close(ent[:, 1:][valid], ref_ent[valid], rtol=1e-4, atol=1e-5)
-    assert bool((lp[:, 1:][~valid] == 0).all()) and bool((lp[:, 0] == 0).all())
+    torch.testing.assert_close(ent[valid], ref_ent[valid], rtol=1e-4, atol=1e-5)
+    assert bool((lp[~valid] == 0).all())
+    # from a later start: the same numbers, the earlier columns left out
+    torch.testing.assert_close(model.token_logprobs(tb.ids, tb.mask, 0.8, start=3), lp[:, 2:])
+    with pytest.raises(ValueError, match="start must be in"):
+        model.token_logprobs(tb.ids, tb.mask, 0.8, start=0)
 
 
 def test_seeded_generation_repeats(model, prompts):
     b = model.encode_prompts(prompts)
-    runs = [model.generate_reasoning(b.ids, b.mask, max_new_tokens=10, generator=torch.Generator().manual_seed(7))
+    runs = [generate_reasoning(model, b.ids, b.mask, max_new_tokens=10, generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert torch.equal(runs[0].ids, runs[1].ids) and torch.equal(runs[0].logprobs, runs[1].logprobs)
-    other = model.generate_reasoning(b.ids, b.mask, max_new_tokens=10, generator=torch.Generator().manual_seed(8))
+    other = generate_reasoning(model, b.ids, b.mask, max_new_tokens=10, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(other.ids, runs[0].ids)
 
 
@@ -84,17 +89,17 @@ def test_stop_token_and_truncation(make_tiny, prompts):
     orig = model.lm_head.forward
     model.lm_head.forward = lambda h: orig(h) + bias
     b = model.encode_prompts(prompts)
-    r = model.generate_reasoning(b.ids, b.mask, max_new_tokens=5, temperature=1.0,
+    r = generate_reasoning(model, b.ids, b.mask, max_new_tokens=5, temperature=1.0,
                                  generator=torch.Generator().manual_seed(0))
     assert r.ids.shape[1] == 1 and bool((r.ids[:, 0] == stop).all()) and not r.truncated.any()
     bias[stop] = -50.0
-    r = model.generate_reasoning(b.ids, b.mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
+    r = generate_reasoning(model, b.ids, b.mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
     assert r.ids.shape == (3, 5) and bool(r.truncated.all()) and bool(r.mask.all())
 
 
 def test_rows_stop_independently(model, prompts):
     b = model.encode_prompts(prompts)
-    r = model.generate_reasoning(b.ids, b.mask, max_new_tokens=30, generator=torch.Generator().manual_seed(1))
+    r = generate_reasoning(model, b.ids, b.mask, max_new_tokens=30, generator=torch.Generator().manual_seed(1))
     stops = torch.tensor(model.stop_token_ids)
     for i in range(r.ids.shape[0]):
         n = int(r.mask[i].sum())

@@ -4,7 +4,7 @@ the packed one-sequence forward and as recomputing it; it is never mutated."""
 import pytest
 import torch
 
-from unigrpo.models import KVImageContext
+from unigrpo.shapes.model import KVImageContext
 
 
 def test_cached_context_matches_packed_forward(model, batch):
@@ -76,7 +76,7 @@ def test_velocity_input_errors(model, batch):
 
 
 def test_zero_initialised_velocity_head():
-    from unigrpo.models import ShapesConfig, ShapesModel
+    from unigrpo.shapes.model import ShapesConfig, ShapesModel
 
     m = ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                  intermediate_size=32, timestep_embed_dim=16))
@@ -96,7 +96,7 @@ def test_latents_round_trip(model):
 
 
 def test_position_table_starts_distinct():
-    from unigrpo.models.shapes_model import sincos_2d
+    from unigrpo.shapes.model.shapes_model import sincos_2d
 
     t = sincos_2d(8, 32)
     assert t.shape == (64, 32)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unigrpo.tasks import shapes as S
-from unigrpo.tasks.shapes.segment import classify_pixels, label_components
+from unigrpo import shapes as S
+from unigrpo.shapes.segment import classify_pixels, label_components
 
 
 def _blur(imgs):
@@ -251,7 +251,7 @@ def _rounded_square(cut: int, rgb=(255, 0, 0)) -> np.ndarray:
 
 
 def test_near_miss_credit_grows_toward_the_shape_the_rules_threshold():
-    from unigrpo.tasks.shapes.segment import near_miss_credit
+    from unigrpo.shapes.segment import near_miss_credit
 
     credit = [near_miss_credit(S.detect(_rounded_square(cut))) for cut in (1, 2, 3)]
     sq, ci = S.SHAPES.index("square"), S.SHAPES.index("circle")

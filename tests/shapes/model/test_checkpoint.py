@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from unigrpo.models import CheckpointError, ShapesModel
+from unigrpo.shapes.model import CheckpointError, ShapesModel
 
 
 def test_round_trip_is_bit_exact(model, batch, tmp_path):

@@ -1,8 +1,9 @@
 import torch
 
-from unigrpo.ablate import VARIANTS, run_variant, to_markdown
-from unigrpo.models import ShapesConfig, ShapesModel
 from unigrpo.rewards import WeightedRewards
+from unigrpo.shapes.ablate import VARIANTS, run_variant, to_markdown
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
+from unigrpo.tasks import PromptsTask
 
 
 def tiny():
@@ -14,11 +15,13 @@ def tiny():
 def test_every_variant_runs_and_reports(tmp_path):
     base = ["train.iterations=1", "train.prompts_per_iteration=2", "rollout.num_generations=2",
             "rollout.num_inference_steps=2", "rollout.max_reasoning_tokens=4", "train.minibatch_size=4",
-            "train.eval_steps=2"]
+            "task.eval_steps=2", "task.eval_size=2"]
     rewards = WeightedRewards([("shaped", lambda im, p, m: im.float().mean(dim=(1, 2, 3)) / 255, 1.0)])
+    task = PromptsTask(prompts=["a red circle", "two squares"], heldout=["three triangles"], rewards=rewards)
     rows = [run_variant(name, over, base, tmp_path, ["a red circle", "three triangles"], policy_factory=tiny,
-                        prompts=["a red circle", "two squares"], rewards=rewards, progress=False)
+                        task=task, progress=False)
             for name, over in VARIANTS.items()]
+    assert all(r["heldout_before"] is not None and r["heldout_after"] is not None for r in rows)
     assert [r["variant"] for r in rows] == list(VARIANTS)
     assert all(r["image_drift"] >= 0 and r["train_reward_last"] is not None for r in rows)
     assert all(r["train_reward_first"] is not None and r["train_reward_final"] is not None for r in rows)

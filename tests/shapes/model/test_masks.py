@@ -4,7 +4,7 @@ other; padding is inert."""
 
 import torch
 
-from unigrpo.models.masks import causal_mask, image_mask, joint_mask, text_positions
+from unigrpo.shapes.model.masks import causal_mask, image_mask, joint_mask, text_positions
 
 
 def _run(model, ids, mask, x, sigma):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from unigrpo.tasks import shapes as S
-from unigrpo.tasks.shapes.render import cell_bounds
-from unigrpo.tasks.shapes.vocab import PALETTE
+from unigrpo import shapes as S
+from unigrpo.shapes.render import cell_bounds
+from unigrpo.shapes.vocab import PALETTE
 
 FULL = S.parse_plan(" ; ".join(
     f"{S.COLOR_NAMES[(x + 3 * y) % 6]} {S.SHAPES[(x + y) % 3]} @ {x} {y}"

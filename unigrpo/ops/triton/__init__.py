@@ -1,4 +1,4 @@
-"""Triton kernels of unigrpo (installed as ``unigrpo.kernels``).
+"""Triton kernels of unigrpo (``unigrpo.ops.triton``).
 
 Importing this package imports triton and defines the kernels; whether they are
 compiled for a GPU or run by Triton's CPU interpreter is fixed at that moment by
@@ -7,7 +7,7 @@ picks launch configurations and implements the op contract is
 ``unigrpo.ops.backends.triton``.
 """
 
-from .flow_rows import launch_flow_row_grad, launch_flow_row_sums
+from .sde import launch_sde_row_grad, launch_sde_row_sums
 from .token_logprobs import MAX_GRID_DIM1, launch_logprob_backward, launch_logprob_forward
 from .token_logprobs import _logprob_fwd_kernel as _probe_kernel
 
@@ -19,8 +19,8 @@ del _probe_kernel
 __all__ = [
     "INTERPRETED",
     "MAX_GRID_DIM1",
-    "launch_flow_row_grad",
-    "launch_flow_row_sums",
+    "launch_sde_row_grad",
+    "launch_sde_row_sums",
     "launch_logprob_backward",
     "launch_logprob_forward",
 ]

@@ -1,6 +1,6 @@
 // Image-side per-row kernels on the CPU (math: unigrpo/ops/backends/__init__.py):
-//   flow_row_sums: s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2, s2[b] = sum_d w (v - v_ref)^2
-//   flow_row_grad: grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
+//   sde_row_sums: s1[b] = sum_d (x_next - cx[b] x - cv[b] v)^2, s2[b] = sum_d w (v - v_ref)^2
+//   sde_row_grad: grad[b, d] = a[b] (x_next - cx[b] x - cv[b] v) + b[b] w (v - v_ref)
 // Work is split in (row, tile of kTile columns) items across OpenMP threads, so
 // a few very wide rows still use every core. Row sums add the per-tile partial
 // sums in a fixed order: results do not depend on the thread count.
@@ -239,10 +239,10 @@ std::uintptr_t check_flow_inputs(const char* fn, int dtype, int64_t B, int64_t D
 
 }  // namespace
 
-void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
-                   std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
-                   int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2) {
-  weight = check_flow_inputs("flow_row_sums", dtype, B, D, s1 != 0, s2 != 0, x, x_next, v, cx, cv, v_ref, weight,
+void sde_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
+                  std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
+                  int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2) {
+  weight = check_flow_inputs("sde_row_sums", dtype, B, D, s1 != 0, s2 != 0, x, x_next, v, cx, cv, v_ref, weight,
                              weight_row_stride);
   if (s1 == 0 && s2 == 0) return;  // nothing asked for
   float* o1 = reinterpret_cast<float*>(s1);
@@ -260,12 +260,12 @@ void flow_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintp
   }
 }
 
-void flow_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
-                   std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
-                   int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b, std::uintptr_t grad_out) {
-  weight = check_flow_inputs("flow_row_grad", dtype, B, D, a != 0, b != 0, x, x_next, v, cx, cv, v_ref, weight,
+void sde_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next, std::uintptr_t v,
+                  std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref, std::uintptr_t weight,
+                  int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b, std::uintptr_t grad_out) {
+  weight = check_flow_inputs("sde_row_grad", dtype, B, D, a != 0, b != 0, x, x_next, v, cx, cv, v_ref, weight,
                              weight_row_stride);
-  check_nonnull("flow_row_grad", "grad_out", grad_out);
+  check_nonnull("sde_row_grad", "grad_out", grad_out);
   advise_huge_pages(reinterpret_cast<void*>(grad_out), uint64_t(B) * uint64_t(D) * (dtype == kFloat32 ? 4 : 2));
   switch (dtype) {
     case kFloat32:

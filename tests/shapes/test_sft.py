@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from unigrpo.models import ShapesModel
-from unigrpo.sft import SFTConfig, _reasoning_targets, main, make_batch, train
-from unigrpo.tasks.shapes import make_split
+from unigrpo.shapes.model import ShapesModel
+from unigrpo.shapes.sft import SFTConfig, _reasoning_targets, main, make_batch, train
+from unigrpo.shapes import make_split
 
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, batch_size=8,
             lr=3e-3, warmup_steps=5, progress=False)
@@ -69,7 +69,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_param_groups_split_text_and_image():
-    from unigrpo.sft import build_model, param_groups
+    from unigrpo.shapes.sft import build_model, param_groups
 
     cfg = SFTConfig(out="x", lr=1e-3, lr_image=3e-3, **{k: v for k, v in TINY.items() if k not in ("lr",)})
     model = build_model(cfg)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unigrpo.models import ShapesConfig, ShapesModel
+from unigrpo.shapes.model import ShapesConfig, ShapesModel
 
 PROMPTS = ["a red circle", "two squares the color of grass", "a blue triangle left of a yellow circle"]
 PLANS = ["red circle @ 1 1", "green square @ 0 0 ; green square @ 2 2", "blue triangle @ 0 1 ; yellow circle @ 2 1"]

@@ -23,7 +23,7 @@ class CheckpointError(ValueError):
 
 
 def save(model, directory: str | Path) -> None:
-    """Write ``model`` (a :class:`~unigrpo.models.ShapesModel`) to ``directory`` (created if needed)."""
+    """Write ``model`` (a :class:`~unigrpo.shapes.model.ShapesModel`) to ``directory`` (created if needed)."""
     from safetensors.torch import save_file
 
     d = Path(directory)

@@ -1,0 +1,284 @@
+"""Supervised warm start of the built-in model on generated shapes data.
+
+Each example is one packed sequence ``<bos> prompt <think> plan </think>
+<image> [64 patches]`` where ``plan`` is :func:`canonical_plan` of a training
+prompt and the image is the renderer's drawing of that plan.  Loss = LM loss
+(mean cross-entropy of the reasoning tokens, ``</think>`` included) +
+flow-matching loss (mean squared error of the velocity ``noise - x_0`` at
+logit-normal noise levels with the model's timestep shift, 3 as in Bagel).
+
+A fraction ``drop_reasoning`` of examples (default 0.1) leave the reasoning
+out (``<bos> prompt <image>``): without it the bare-prompt mode that the
+"reasoning helps" ablation compares against would be a context the model
+never saw, and would score ~0 for that reason alone rather than for lack of
+reasoning.
+
+Deterministic for a seed (data, init, noise) on a fixed number of threads.
+The shipped checkpoint (docs/sft.md)::
+
+    python -m unigrpo.sft --out unigrpo/assets/shapes-sft --steps 3000 --bf16 --threads 1 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import ops
+from ..schedule import sample_training_sigmas
+from .model import ShapesConfig, ShapesModel
+from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
+from .plan import canonical_plan
+from .vocab import BOS
+
+__all__ = ["SFTConfig", "SFTBatch", "make_batch", "sft_losses", "build_model", "param_groups", "train", "main"]
+
+
+@dataclass
+class SFTConfig:
+    """Everything a run depends on (saved as ``sft_config.json`` in the output)."""
+
+    out: str
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_image: float = 0.0
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    split_seed: int = 0
+    drop_reasoning: float = 0.1
+    lm_weight: float = 1.0
+    flow_weight: float = 1.0
+    balance_categories: bool = True
+    # model shape
+    hidden_size: int = 192
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    image_expert: bool = True
+    timestep_shift: float = 3.0
+    # bookkeeping
+    bf16: bool = False
+    device: str = "cpu"
+    save_every: int = 0
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_reasoning <= 1.0:
+            raise ValueError(f"drop_reasoning must be in [0, 1], got {self.drop_reasoning}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class SFTBatch:
+    """``texts``: B strings ``<bos> prompt [<think> plan </think>]``; ``images``:
+    uint8 (B, 32, 32, 3) renders of the plans; ``reasoning``: bool (B,) whether
+    the reasoning was kept; ``prompts``: the B prompts."""
+
+    texts: list[str]
+    images: np.ndarray
+    reasoning: np.ndarray
+    prompts: list[Prompt]
+
+
+def make_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: int,
+               drop_reasoning: float = 0.0, exclude_pairs=(), balance_categories: bool = True,
+               image_size: int = 32) -> SFTBatch:
+    """Draw a training batch: a category uniformly (``balance_categories``) then a
+    prompt of it uniformly (else a prompt uniformly), a random canonical plan,
+    its render (size/offset jitter), and the reasoning kept with probability
+    ``1 - drop_reasoning``.  Deterministic given ``rng``'s state."""
+    if balance_categories:
+        by_cat = {c: [p for p in prompts if p.category == c] for c in CATEGORIES}
+        cats = [c for c in CATEGORIES if by_cat[c]]
+        picks = []
+        for _ in range(batch_size):
+            pool = by_cat[cats[rng.integers(len(cats))]]
+            picks.append(pool[rng.integers(len(pool))])
+    else:
+        picks = [prompts[i] for i in rng.integers(len(prompts), size=batch_size)]
+    plans = [canonical_plan(p, rng, exclude_pairs) for p in picks]
+    images = render_plans(plans, rng, image_size)
+    keep = rng.random(batch_size) >= drop_reasoning
+    texts = [f"{BOS} {p.text} {format_reasoning(plan)}" if k else f"{BOS} {p.text}"
+             for p, plan, k in zip(picks, plans, keep)]
+    return SFTBatch(texts, images, keep, picks)
+
+
+def _reasoning_targets(ids: torch.Tensor, mask: torch.Tensor, think_id: int) -> torch.Tensor:
+    """bool (B, T): the tokens after ``<think>`` (plan and ``</think>``), the LM targets."""
+    is_think = (ids == think_id) & mask
+    return (is_think.long().cumsum(1) - is_think.long()).gt(0) & mask
+
+
+def sft_losses(model: ShapesModel, batch: SFTBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM loss, flow loss), fp32 scalars, for one batch in one packed forward."""
+    tokens = model.encode_texts(batch.texts)
+    ids, mask = tokens.ids, tokens.mask
+    x0 = model.images_to_latents(torch.from_numpy(batch.images))
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
+    sigma = sample_training_sigmas(b, model.timestep_shift, generator=generator).to(x0.device)
+    s = sigma.view(-1, 1, 1, 1).to(x0.dtype)
+    x_t = (1 - s) * x0 + s * noise
+    hidden, v = model(ids, mask, x_t, sigma)
+    flow = (v.float() - (noise - x0).float()).pow(2).mean()
+
+    t = ids.shape[1]
+    targets = _reasoning_targets(ids, mask, model.special["think"])[:, 1:]  # predicted from position t - 1
+    if bool(targets.any()):
+        h = hidden[:, : t - 1][targets]
+        logp = ops.fused_linear_token_logprobs(h, model.lm_head_weight, ids[:, 1:][targets])
+        lm = -logp.mean()
+    else:
+        lm = hidden.sum() * 0.0
+    return lm, flow
+
+
+def _lr_scale(step: int, cfg: SFTConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr / lr``: a multiplier of each group's peak LR."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.min_lr / cfg.lr
+    return floor + 0.5 * (1 - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+_TEXT_ONLY = ("embed_tokens.", "lm_head.", "norm.", ".input_layernorm.", ".post_attention_layernorm.", ".mlp.")
+
+
+def param_groups(model: ShapesModel, cfg: SFTConfig) -> list[dict]:
+    """AdamW groups: text-only weights (token embedding, LM head, text norms and
+    MLPs) at ``lr``; the rest (shared attention, image experts, image heads) at
+    ``lr_image`` (``lr`` when 0).  Weight decay on matrices only."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        text = name.startswith(_TEXT_ONLY[:3]) or any(k in name for k in _TEXT_ONLY[3:])
+        decay = p.dim() >= 2 and "embed" not in name
+        groups.setdefault(("text" if text else "image", decay), []).append(p)
+    out = []
+    for (kind, decay), params in sorted(groups.items()):
+        peak = cfg.lr if kind == "text" or not cfg.lr_image else cfg.lr_image
+        out.append({"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "peak_lr": peak,
+                    "lr": peak, "name": f"{kind}{'' if decay else '/no_decay'}"})
+    return out
+
+
+def build_model(cfg: SFTConfig) -> ShapesModel:
+    config = ShapesConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                          num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
+                          intermediate_size=cfg.intermediate_size, image_expert=cfg.image_expert,
+                          timestep_shift=cfg.timestep_shift)
+    return ShapesModel(config)
+
+
+def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
+    """Train from scratch, save the final checkpoint to ``cfg.out`` (and
+    ``step-N`` checkpoints every ``save_every`` steps); returns the model and
+    the per-step log (also written to ``train_log.jsonl``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    split = make_split(cfg.split_seed)
+    model = build_model(cfg).to(cfg.device)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    with open(out / "train_log.jsonl", "w") as f:
+        for step in bar:
+            scale = _lr_scale(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * scale
+            lr = cfg.lr * scale
+            batch = make_batch(rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
+                               cfg.balance_categories, model.config.image_size)
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                lm, flow = sft_losses(model, batch, gen)
+            loss = cfg.lm_weight * lm + cfg.flow_weight * flow
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            rec = {"step": step + 1, "loss": loss.item(), "lm": lm.item(), "flow": flow.item(),
+                   "grad_norm": float(gnorm), "lr": lr, "time": time.perf_counter() - start}
+            log.append(rec)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            bar.set_postfix(lm=f"{rec['lm']:.3f}", flow=f"{rec['flow']:.3f}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                model.save_pretrained(out / f"step-{step + 1}")
+    model.eval()
+    model.save_pretrained(out)
+    (out / "sft_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return model, log
+
+
+_HELP = {
+    "steps": "optimizer steps", "batch_size": "examples per step", "lr": "peak learning rate (cosine decay)",
+    "lr_image": "peak LR of attention and image-side weights (0: same as --lr)",
+    "min_lr": "final learning rate", "seed": "seed of data, init and noise",
+    "split_seed": "seed of the train / held-out split", "drop_reasoning": "fraction of examples without reasoning",
+    "balance_categories": "draw a category uniformly, then a prompt of it",
+    "image_expert": "separate image-token norms and MLPs (mixture-of-transformers)",
+    "timestep_shift": "shift of the logit-normal timesteps (Bagel: 3)", "bf16": "bfloat16 autocast",
+    "save_every": "also save step-N checkpoints every N steps (0: off)",
+    "threads": "torch threads (0: torch's default; 1 is fastest on a busy 2-core machine)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m unigrpo.sft", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = SFTConfig(out="")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    for f in dataclasses.fields(SFTConfig):
+        if f.name == "out":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(f.name))
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=_HELP.get(f.name, " "))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = SFTConfig(**vars(args))
+    start = time.perf_counter()
+    model, log = train(cfg)
+    wall = time.perf_counter() - start
+    n = model.num_parameters()
+    print(f"saved {cfg.out}: {n / 1e6:.2f}M parameters, {cfg.steps} steps in {wall:.0f} s; "
+          f"final lm {log[-1]['lm']:.4f} flow {log[-1]['flow']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The built-in world as a :class:`unigrpo.task.Task` (``task=shapes``, the default).
+
+Prompts: the seeded train / held-out split (:func:`.split.make_split`, seed
+``task.split_seed``), each with its :class:`.spec.Prompt` as metadata. Reward:
+the verifier in mode ``task.reward`` (strict | shaped | dense, default shaped),
+plus the strict score at weight 0, so the accuracy is logged whatever is
+trained on. Batch metrics: strict accuracy per category. Evaluation: the
+GenEval-style table of :mod:`.eval` (``task.eval_size`` images per category,
+``task.eval_steps`` ODE steps), with an image grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..policy import UnifiedPolicy
+from ..rewards import RewardFn, WeightedRewards
+from ..task import Task, TaskConfig, TaskPrompt
+from . import verifier
+from .split import make_split
+
+__all__ = ["ShapesTask", "verifier_reward"]
+
+DEFAULT_REWARD = "shaped"
+
+
+def verifier_reward(mode: str = "strict") -> RewardFn:
+    """The verifier as a reward; metadata must hold each round's :class:`.spec.Prompt`.
+    Details: the verifier's breakdown."""
+
+    def reward(images, prompts, metadata):
+        return verifier.score(images.cpu().numpy(), list(metadata), mode=mode)
+
+    reward.__name__ = f"shapes_{mode}"
+    return reward
+
+
+class ShapesTask(Task):
+    name = "shapes"
+
+    def __init__(self, cfg: TaskConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.mode = self.cfg.reward or DEFAULT_REWARD
+        if self.mode not in verifier.MODES:
+            raise ValueError(f"task.reward must be one of {verifier.MODES} for task shapes, got {self.mode!r}")
+        for key in ("file", "heldout_file"):
+            if getattr(self.cfg, key):
+                raise ValueError(f"task.{key} is not used by task shapes (its prompts are built in); "
+                                 f"use task=prompts for prompts from a file")
+        self.split = make_split(self.cfg.split_seed)
+
+    def train_prompts(self) -> list[TaskPrompt]:
+        return [TaskPrompt(p.text, p) for p in self.split.train]
+
+    def heldout_prompts(self) -> list[TaskPrompt]:
+        return [TaskPrompt(p.text, p) for p in self.split.heldout]
+
+    def rewards(self) -> WeightedRewards:
+        extra = [("strict", verifier_reward("strict"), 0.0)] if self.mode != "strict" else []
+        return WeightedRewards([(self.mode, verifier_reward(self.mode), 1.0), *extra])
+
+    def batch_metrics(self, batch) -> dict[str, float]:
+        strict = batch.reward_components["strict"]
+        cats = [m.category for m in batch.metadata]
+        out = {f"accuracy/{c}": float(strict[[i for i, k in enumerate(cats) if k == c]].mean())
+               for c in sorted(set(cats))}
+        out["accuracy/train_overall"] = float(strict.mean())
+        return out
+
+    def evaluate(self, policy: UnifiedPolicy, out_dir: str | Path | None) -> dict[str, float]:
+        from .eval import EvalConfig, evaluate
+
+        c = self.cfg
+        res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
+                                  images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
+                                  temperature=c.eval_temperature, grid_per_category=2), policy)
+        table = res["modes"]["reasoning"]
+        return {"overall": table["overall"], **table["per_category"]}

@@ -1,0 +1,133 @@
+"""What the trainer needs from a world, and nothing else (torchtitan's ``TrainSpec``).
+
+A :class:`Task` gives the trainer its prompts (train and held-out, each with
+per-prompt metadata for the rewards), its rewards (a :class:`WeightedRewards`),
+the metrics it wants logged for a rollout batch, a held-out evaluation, and
+how to build its default policy. The trainer names no model and no task:
+
+    task = build_task(cfg.task)                         # task=NAME on the command line
+    policy = task.build_policy(cfg.model, device)
+    trainer = Trainer(cfg, task=task, policy=policy)
+
+Tasks are found by name in :data:`TASKS` (entry points of the group
+``unigrpo.tasks``, or ``TASKS.register``); ``package.module:Factory`` works too.
+A factory is called as ``factory(task_config)`` and returns a :class:`Task`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .policy import POLICIES, UnifiedPolicy
+from .registry import Registry
+from .rewards import WeightedRewards
+
+if TYPE_CHECKING:
+    from .rollout import RolloutBatch
+
+__all__ = ["TaskPrompt", "TaskConfig", "Task", "TASKS", "build_task", "ModelConfig"]
+
+TASKS: Registry = Registry("task", "unigrpo.tasks")
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """One prompt: the text the policy sees and whatever the rewards need to judge it."""
+
+    text: str
+    metadata: Any = None
+
+
+@dataclass
+class ModelConfig:
+    type: str = field(default="shapes", metadata={
+        "help": "registered policy loader (unigrpo.policies entry points) or package.module:loader"})
+    checkpoint: str = field(default="builtin:shapes-sft", metadata={
+        "help": "checkpoint directory, or a name the loader knows (builtin:shapes-sft: the shipped SFT model)"})
+    device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
+
+
+@dataclass
+class TaskConfig:
+    """Options of the built-in tasks; each task reads the keys it documents and
+    rejects values it cannot use (naming the ``task.*`` key)."""
+
+    name: str = field(default="shapes", metadata={
+        "help": "registered task (shapes | prompts | entry points of unigrpo.tasks) or package.module:Factory"})
+    reward: str = field(default="", metadata={
+        "help": "shapes: the verifier mode trained on, strict | shaped | dense (default shaped); "
+                "prompts: registered rewards with weights, e.g. 'brightness' or 'a:1.0,b:0.5'"})
+    file: str = field(default="", metadata={
+        "help": "prompts: a .txt file (one prompt a line) or .jsonl ({\"prompt\": ..., any metadata})"})
+    heldout_file: str = field(default="", metadata={
+        "help": "prompts: held-out prompts from a second file (instead of heldout_fraction)"})
+    heldout_fraction: float = field(default=0.1, metadata={
+        "help": "prompts: share of the file held out, chosen with split_seed"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train / held-out split"})
+    eval_size: int = field(default=24, metadata={
+        "help": "shapes: held-out images per category; prompts: held-out prompts evaluated (0: all)"})
+    eval_steps: int = field(default=40, metadata={"help": "ODE (Euler) steps of the held-out evaluation"})
+    eval_temperature: float = field(default=1.0, metadata={
+        "help": "reasoning temperature of the held-out evaluation (0: greedy)"})
+    eval_seed: int = field(default=0, metadata={"help": "seed of the evaluation's noise and reasoning"})
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("task.name must name a task (e.g. shapes, prompts)")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"task.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        for key in ("eval_size", "eval_steps"):
+            if getattr(self, key) < (0 if key == "eval_size" else 1):
+                raise ValueError(f"task.{key} must be >= {0 if key == 'eval_size' else 1}, got {getattr(self, key)}")
+        if self.eval_temperature < 0:
+            raise ValueError(f"task.eval_temperature must be >= 0, got {self.eval_temperature}")
+
+
+class Task(ABC):
+    """A world the trainer can train in. Subclasses implement the abstract methods."""
+
+    name: str = "task"
+
+    def __init__(self, cfg: TaskConfig | None = None) -> None:
+        self.cfg = TaskConfig(name=self.name) if cfg is None else cfg
+
+    @abstractmethod
+    def train_prompts(self) -> Sequence[TaskPrompt]:
+        """The prompts rollouts draw from."""
+
+    @abstractmethod
+    def heldout_prompts(self) -> Sequence[TaskPrompt]:
+        """Prompts never trained on, for :meth:`evaluate`."""
+
+    @abstractmethod
+    def rewards(self) -> WeightedRewards:
+        """The rewards of a round: the weighted total is trained on; every component
+        (weight 0 included) is logged as ``reward/<name>_mean``."""
+
+    def batch_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        """Extra metrics of one rollout batch (e.g. accuracy per category); none by default."""
+        return {}
+
+    @abstractmethod
+    def evaluate(self, policy: UnifiedPolicy, out_dir: str | Path | None) -> dict[str, float]:
+        """Held-out evaluation of ``policy``: flat metrics with an ``overall`` entry
+        (logged as ``eval/<key>``); with ``out_dir``, also results and an image grid there."""
+
+    def build_policy(self, model: ModelConfig, device: torch.device | str = "cpu") -> UnifiedPolicy:
+        """The policy to train when none is given: ``model.type``'s loader on ``model.checkpoint``."""
+        loader = POLICIES.get(model.type)
+        return loader(model.checkpoint, device)
+
+
+def build_task(cfg: TaskConfig) -> Task:
+    """The task ``cfg.name`` names, built from ``cfg``."""
+    cfg.validate()
+    task = TASKS.get(cfg.name)(cfg)
+    if not isinstance(task, Task):
+        raise TypeError(f"task {cfg.name!r} built a {type(task).__name__}, not a unigrpo.task.Task")
+    return task
