@@ -83,8 +83,11 @@ def test_library_sources_never_import_the_world():
     assert imports.search("    from ..shapes.model import X") and imports.search("import unigrpo.shapes.eval")
 
 
-def test_task_registry_and_errors():
+def test_task_registry_and_errors(tmp_path):
     assert {"shapes", "prompts"} <= set(TASKS.names())
+    y = tmp_path / "c.yaml"
+    y.write_text("task: prompts\n")  # YAML's short form, like task=NAME on the command line
+    assert load_config(y).task.name == "prompts" and load_config(None, ["task=shapes"]).task.name == "shapes"
     with pytest.raises(ValueError, match="unknown task 'nope'; registered: .*prompts.*shapes"):
         build_task(TaskConfig(name="nope"))
     with pytest.raises(ValueError, match="task 'no_such_module:Task': cannot import 'no_such_module'"):

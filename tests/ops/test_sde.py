@@ -132,7 +132,7 @@ def test_flow_grpo_step_loss_matches_reference(device, backend, dtype, penalty):
 
 
 def test_latent_kl_is_time_weighted_velocity_mse():
-    """METHOD.md: FlowGRPO's KL = (1 + a^2/2)^2 dt^2 (1 - sigma) / (2 a^2 sigma) * mean (v - v_ref)^2."""
+    """docs/method.md: FlowGRPO's KL = (1 + a^2/2)^2 dt^2 (1 - sigma) / (2 a^2 sigma) * mean (v - v_ref)^2."""
     x, xn, v, v_ref, sig, nxt = _batch("cpu")
     zeros = torch.zeros(6)
     out = flow_grpo_step_loss(v, v_ref, x, xn, sig, nxt, zeros, zeros, penalty="latent_kl")

@@ -1,6 +1,6 @@
 """Plain-PyTorch references of every op in ``unigrpo.ops``: the spec.
 
-Each is the formula of ../shared/METHOD.md written as directly as PyTorch allows,
+Each is the formula of docs/method.md written as directly as PyTorch allows,
 materialising whatever it needs. Tests check every backend against these, and
 benchmarks time the fast paths against them.
 """

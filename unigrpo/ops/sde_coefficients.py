@@ -1,4 +1,4 @@
-"""Per-row coefficients of the FlowGRPO SDE step (METHOD.md), the one place the
+"""Per-row coefficients of the FlowGRPO SDE step (docs/method.md), the one place the
 sampler's schedule math lives."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ reasoning.
 Deterministic for a seed (data, init, noise) on a fixed number of threads.
 The shipped checkpoint (docs/sft.md)::
 
-    python -m unigrpo.sft --out unigrpo/assets/shapes-sft --steps 3000 --bf16 --threads 1 --seed 0
+    python -m unigrpo.sft --out unigrpo/shapes/assets/shapes-sft --steps 3000 --bf16 --threads 1 --seed 0
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Group-relative advantages (METHOD.md): one scalar per round, shared by every
+"""Group-relative advantages (docs/method.md): one scalar per round, shared by every
 text token and every denoising step of that round."""
 
 from __future__ import annotations
