@@ -104,3 +104,25 @@ def test_position_table_starts_distinct():
     assert float(d.min()) > 0.1  # every patch position distinguishable at init
     with pytest.raises(ValueError, match="multiple of 4"):
         sincos_2d(8, 30)
+
+
+def test_one_pass_gives_text_states_and_context(model, batch):
+    """``text_and_image_context`` (the trainer's one pass per minibatch) equals
+    ``text_forward`` and ``image_context`` run apart, gradients included."""
+    tb = batch(model)
+    x = torch.randn(tb.ids.shape[0], 3, 32, 32)
+    sigma = torch.tensor([0.9, 0.5, 0.1])
+    hidden, ctx = model.text_and_image_context(tb.ids, tb.mask)
+    real = tb.mask[..., None]
+    torch.testing.assert_close(hidden * real, model.text_forward(tb.ids, tb.mask) * real, rtol=1e-5, atol=1e-6)
+    v_one = model.velocity(x, sigma, ctx)
+    torch.testing.assert_close(v_one, model.velocity(x, sigma, model.image_context(tb.ids, tb.mask)),
+                               rtol=1e-5, atol=1e-6)
+    (hidden.square().sum() + v_one.square().sum()).backward()
+    one = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    (model.text_forward(tb.ids, tb.mask).square().sum()
+     + model.velocity(x, sigma, model.image_context(tb.ids, tb.mask)).square().sum()).backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(one[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
