@@ -212,3 +212,11 @@ def test_toy_policy_trains_in_process(tmp_path):
     cfg = load_config(None, FAST + ["train.iterations=1", f"train.output_dir={tmp_path}"])
     m = Trainer(cfg, task=task, policy=ToyPolicy(), progress=False, evaluate=False).train_iteration()
     assert abs(m["first_minibatch/text_ratio_mean"] - 1) < 1e-5 and abs(m["first_minibatch/image_ratio_mean"] - 1) < 1e-5
+
+
+def test_category_means_groups_by_the_category_as_text():
+    from unigrpo.task import category_means
+
+    got = category_means([1.0, 0.0, 0.5, 0.25], [2, 2, None, "b"], "by/")
+    assert got == {"by/2": 0.5, "by/b": 0.25}  # a .jsonl category may be a number; None belongs to none
+    assert category_means([1.0], [None], "by/") == {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from .policy import POLICIES, UnifiedPolicy
@@ -30,7 +31,7 @@ from .rewards import WeightedRewards
 if TYPE_CHECKING:
     from .rollout import RolloutBatch
 
-__all__ = ["TaskPrompt", "TaskConfig", "Task", "TASKS", "build_task", "ModelConfig"]
+__all__ = ["TaskPrompt", "TaskConfig", "Task", "TASKS", "build_task", "ModelConfig", "category_means"]
 
 TASKS: Registry = Registry("task", "unigrpo.tasks")
 
@@ -122,6 +123,15 @@ class Task(ABC):
         """The policy to train when none is given: ``model.type``'s loader on ``model.checkpoint``."""
         loader = POLICIES.get(model.type)
         return loader(model.checkpoint, device)
+
+
+def category_means(values, categories: Sequence[Any], prefix: str) -> dict[str, float]:
+    """``{prefix + str(c): mean of values where the category is c}`` over the categories
+    present (``None`` entries belong to none), in sorted order; values: (B,) numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    names = [None if c is None else str(c) for c in categories]
+    return {f"{prefix}{c}": float(values[[i for i, k in enumerate(names) if k == c]].mean())
+            for c in sorted({c for c in names if c is not None})}
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..policy import UnifiedPolicy
 from ..rewards import RewardFn, WeightedRewards
-from ..task import Task, TaskConfig, TaskPrompt
+from ..task import Task, TaskConfig, TaskPrompt, category_means
 from . import verifier
 from .split import make_split
 
@@ -61,9 +61,7 @@ class ShapesTask(Task):
 
     def batch_metrics(self, batch) -> dict[str, float]:
         strict = batch.reward_components["strict"]
-        cats = [m.category for m in batch.metadata]
-        out = {f"accuracy/{c}": float(strict[[i for i, k in enumerate(cats) if k == c]].mean())
-               for c in sorted(set(cats))}
+        out = category_means(strict, [m.category for m in batch.metadata], "accuracy/")
         out["accuracy/train_overall"] = float(strict.mean())
         return out
 

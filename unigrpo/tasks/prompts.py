@@ -29,7 +29,7 @@ from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
 from ..rewards import WeightedRewards, rewards_from_spec
 from ..rollout.inference import sample_images
-from ..task import Task, TaskConfig, TaskPrompt
+from ..task import Task, TaskConfig, TaskPrompt, category_means
 
 __all__ = ["PromptsTask", "read_prompts"]
 
@@ -64,13 +64,8 @@ def read_prompts(path: str | Path, key: str = "task.file") -> list[TaskPrompt]:
     return out
 
 
-def _category_means(values, metadata, prefix: str) -> dict[str, float]:
-    cats = [m.get("category") if isinstance(m, dict) else None for m in metadata]
-    if all(c is None for c in cats):
-        return {}
-    values = np.asarray(values, dtype=np.float64)
-    return {f"{prefix}{c}": float(values[[i for i, k in enumerate(cats) if k == c]].mean())
-            for c in sorted({str(c) for c in cats if c is not None}, key=str)}
+def _categories(metadata) -> list:
+    return [m.get("category") if isinstance(m, dict) else None for m in metadata]
 
 
 class PromptsTask(Task):
@@ -116,7 +111,7 @@ class PromptsTask(Task):
         return self._rewards
 
     def batch_metrics(self, batch) -> dict[str, float]:
-        return _category_means(batch.rewards, batch.metadata, "reward_by_category/")
+        return category_means(batch.rewards, _categories(batch.metadata), "reward_by_category/")
 
     def evaluate(self, policy: UnifiedPolicy, out_dir: str | Path | None) -> dict[str, float]:
         c = self.cfg
@@ -130,7 +125,7 @@ class PromptsTask(Task):
         result = self._rewards(images, texts, meta)
         metrics = {"overall": float(result.total.mean()),
                    **{f"reward/{k}": float(v.mean()) for k, v in result.components.items()},
-                   **_category_means(result.total, meta, "by_category/")}
+                   **category_means(result.total, _categories(meta), "by_category/")}
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -164,12 +164,10 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
 
 
 def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
-               norm: TokenNorm | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               norm: TokenNorm) -> tuple[Tensor, dict[str, Tensor]]:
     """The scalar to backpropagate for one minibatch (its share of the optimizer
     step's loss: divided for ``norm.accumulation``), and its stats (0-dim tensors;
     ``loss/*`` per minibatch, before that division)."""
-    if norm is None:  # one minibatch, one step
-        norm = TokenNorm(1, float(trained_token_mask(mb, cfg).sum()), mb.reasoning_mask.shape[1])
     stats: dict[str, Tensor] = {}
     if cfg.train_text and cfg.train_image:
         hidden, ctx = policy.text_and_image_context(mb.ids, mb.mask)
