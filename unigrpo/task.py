@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from .config_bounds import bounded, check_bounds
 from .policy import POLICIES, UnifiedPolicy
 from .registry import Registry
 from .rewards import WeightedRewards
@@ -31,7 +32,7 @@ from .rewards import WeightedRewards
 if TYPE_CHECKING:
     from .rollout import RolloutBatch
 
-__all__ = ["TaskPrompt", "TaskConfig", "Task", "TASKS", "build_task", "ModelConfig", "category_means"]
+__all__ = ["resolve_device", "TaskPrompt", "TaskConfig", "Task", "TASKS", "build_task", "ModelConfig", "category_means"]
 
 TASKS: Registry = Registry("task", "unigrpo.tasks")
 
@@ -52,6 +53,37 @@ class ModelConfig:
         "help": "checkpoint directory, or a name the loader knows (builtin:shapes-sft: the shipped SFT model)"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
 
+    def validate(self) -> None:
+        for key in ("type", "checkpoint"):
+            if not getattr(self, key):
+                raise ValueError(f"model.{key} must not be empty")
+        if self.device != "auto":
+            _parse_device(self.device, "model.device")  # whether this machine has it: resolve_device
+
+
+def _parse_device(name: str, key: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def resolve_device(name: str, key: str = "model.device") -> torch.device:
+    """A device name (auto: cuda when available, else cpu) -> a device this machine has;
+    otherwise a ValueError naming ``key``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _parse_device(name, key)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}={name!r}, but this machine has no CUDA device (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}={name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
 
 @dataclass
 class TaskConfig:
@@ -67,26 +99,19 @@ class TaskConfig:
         "help": "prompts: a .txt file (one prompt a line) or .jsonl ({\"prompt\": ..., any metadata})"})
     heldout_file: str = field(default="", metadata={
         "help": "prompts: held-out prompts from a second file (instead of heldout_fraction)"})
-    heldout_fraction: float = field(default=0.1, metadata={
-        "help": "prompts: share of the file held out, chosen with split_seed"})
-    split_seed: int = field(default=0, metadata={"help": "seed of the train / held-out split"})
-    eval_size: int = field(default=24, metadata={
-        "help": "shapes: held-out images per category; prompts: held-out prompts evaluated (0: all)"})
-    eval_steps: int = field(default=40, metadata={"help": "ODE (Euler) steps of the held-out evaluation"})
-    eval_temperature: float = field(default=1.0, metadata={
-        "help": "reasoning temperature of the held-out evaluation (0: greedy)"})
-    eval_seed: int = field(default=0, metadata={"help": "seed of the evaluation's noise and reasoning"})
+    heldout_fraction: float = bounded(0.1, ge=0, lt=1,
+                                      help="prompts: share of the file held out, chosen with split_seed")
+    split_seed: int = bounded(0, ge=0, help="seed of the train / held-out split")
+    eval_size: int = bounded(24, ge=0, help="shapes: held-out images per category; "
+                                            "prompts: held-out prompts evaluated (0: all)")
+    eval_steps: int = bounded(40, ge=1, help="ODE (Euler) steps of the held-out evaluation")
+    eval_temperature: float = bounded(1.0, ge=0, help="reasoning temperature of the held-out evaluation (0: greedy)")
+    eval_seed: int = bounded(0, ge=0, help="seed of the evaluation's noise and reasoning")
 
     def validate(self) -> None:
         if not self.name:
             raise ValueError("task.name must name a task (e.g. shapes, prompts)")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"task.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        for key in ("eval_size", "eval_steps"):
-            if getattr(self, key) < (0 if key == "eval_size" else 1):
-                raise ValueError(f"task.{key} must be >= {0 if key == 'eval_size' else 1}, got {getattr(self, key)}")
-        if self.eval_temperature < 0:
-            raise ValueError(f"task.eval_temperature must be >= 0, got {self.eval_temperature}")
+        check_bounds(self, "task")
 
 
 class Task(ABC):

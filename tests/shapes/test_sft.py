@@ -62,10 +62,16 @@ def test_cli(tmp_path, capsys):
     assert main(args) == 0
     assert "saved" in capsys.readouterr().out
     ShapesModel.from_pretrained(tmp_path / "cli")
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="2"):
         main(["--steps", "2"])  # --out is required
-    with pytest.raises(ValueError, match="drop_reasoning"):
+    assert capsys.readouterr().err.strip() == ("python -m unigrpo.sft: error: the following arguments are required: "
+                                               "--out (--help lists the options)")
+    with pytest.raises(ValueError, match=r"--drop-reasoning must be in \[0, 1\], got 1.5"):
         SFTConfig(out="x", drop_reasoning=1.5)
+    assert main(["--out", str(tmp_path / "bad"), "--lr", "0"]) == 2  # one line, no traceback
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m unigrpo.sft: error: --lr must be > 0, got 0.0"
 
 
 def test_param_groups_split_text_and_image():

@@ -1,13 +1,17 @@
-"""A run killed with SIGKILL mid-iteration and resumed with ``--resume`` loses at
-most that iteration and, on CPU with a fixed seed, ends exactly where the
-uninterrupted run ends. The kill is real: the child process SIGKILLs itself."""
+"""A run killed with SIGKILL at any point and resumed with ``--resume`` loses at
+most the iteration it was in and, on CPU with a fixed seed, ends exactly where the
+uninterrupted run ends. The kill is real: the child process SIGKILLs itself at a
+chosen point (before the first checkpoint, mid-iteration, inside a checkpoint
+write), or the parent kills it after a seeded random delay."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ CHILD = textwrap.dedent("""
 
     out, kill_at, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
     where, _, when = kill_at.partition(":")
-    calls = {"reward": 0, "save": 0}
+    calls = {"reward": 0, "save": 0, "latest": 0}
 
     def die_if(point):
         calls[point] += 1
@@ -49,6 +53,13 @@ CHILD = textwrap.dedent("""
             torch.save = real_torch_save
     checkpointing.save_checkpoint = dying_save
 
+    real_atomic = checkpointing.atomic_write_text
+    def dying_atomic(path, text):  # the checkpoint is in place, `latest` not yet pointed at it
+        if str(path).endswith("latest"):
+            die_if("latest")
+        real_atomic(path, text)
+    checkpointing.atomic_write_text = dying_atomic
+
     torch.manual_seed(0)
     policy = ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=48, timestep_embed_dim=16))
@@ -63,10 +74,20 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _argv(out: Path, kill_at: str, resume: bool) -> list[str]:
+    return [sys.executable, "-c", CHILD, str(out), kill_at, "resume" if resume else "fresh"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _run(out: Path, kill_at: str = "none:0", resume: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", CHILD, str(out), kill_at, "resume" if resume else "fresh"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(_argv(out, kill_at, resume), env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def _start(out: Path) -> subprocess.Popen:
+    return subprocess.Popen(_argv(out, "none:0", False), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -74,24 +95,51 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("train/iteration_s", "train/rounds_per_s")} for r in rows]
 
 
+class Finished(type(Path())):
+    wall: float  # seconds the uninterrupted child took, start-up included
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("full")
+    out = Finished(tmp_path_factory.mktemp("full"))
+    start = time.perf_counter()
     proc = _run(out)
+    out.wall = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 @pytest.mark.parametrize("kill_at, survives", [
-    ("reward:4", 3),  # during iteration 4's rollout: checkpoint 3 is the latest
-    ("save:4", 3),    # while checkpoint 4 is half written: it must not be picked up
+    ("reward:1", None),  # in the first iteration: no checkpoint yet, the run starts again
+    ("save:1", None),    # while the first checkpoint is half written
+    ("latest:1", None),  # the first checkpoint renamed into place, `latest` not yet written
+    ("reward:4", 3),     # during iteration 4's rollout: checkpoint 3 is the latest
+    ("save:4", 3),       # while checkpoint 4 is half written: it must not be picked up
+    ("latest:4", 3),     # checkpoint 4 in place, `latest` still at 3
 ])
 def test_sigkill_mid_iteration_then_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted, kill_at, survives):
     killed = _run(tmp_path, kill_at)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
-    assert (tmp_path / "latest").read_text().strip() == f"checkpoint-{survives:06d}"
-    assert max(r["iteration"] for r in _metrics(tmp_path)) in (survives, survives + 1)
+    if survives is None:
+        assert not (tmp_path / "latest").exists()
+    else:
+        assert (tmp_path / "latest").read_text().strip() == f"checkpoint-{survives:06d}"
+        assert max(r["iteration"] for r in _metrics(tmp_path)) in (survives, survives + 1)
+    _resume_and_compare(tmp_path, uninterrupted)
 
+
+@pytest.mark.parametrize("delay", [0.25, 0.5, 0.75])
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, delay):
+    """Killed from outside at a seeded random fraction of the whole run's wall time."""
+    rnd = random.Random(int(delay * 100))
+    child = _start(tmp_path)
+    time.sleep((delay + rnd.uniform(-0.2, 0.2)) * uninterrupted.wall)
+    child.kill()
+    child.wait(timeout=60)
+    _resume_and_compare(tmp_path, uninterrupted)
+
+
+def _resume_and_compare(tmp_path, uninterrupted):
     resumed = _run(tmp_path, resume=True)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-000005"

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import torch
+
+from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt, fail
+from ..config_bounds import flag
+from ..io import atomic_write_text
+
+PROG = "python -m unigrpo.ablate"
 
 VARIANTS: dict[str, list[str]] = {
     "joint (UniGRPO)": [],
@@ -50,16 +57,24 @@ def _reward_trend(history: list[dict], key: str = "reward/mean") -> dict:
             "train_reward_final": sum(r[-q:]) / q if r else None}
 
 
+def variant_config(name: str, overrides: list[str], base: list[str], out: Path):
+    """The training config of one variant, its run in ``out/<variant slug>``."""
+    from ..train import load_config
+
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return load_config(None, base + overrides + [f"train.output_dir={out / slug}"])
+
+
 def run_variant(name: str, overrides: list[str], base: list[str], out: Path, drift_texts: list[str],
                 policy_factory=None, task=None, progress: bool = True, evaluate: bool = True,
                 before: dict | None = None) -> dict:
     """Train one variant; ``before``: the start checkpoint's held-out evaluation when an
     earlier variant already made it (every variant starts from the same weights).
     ``policy_factory`` / ``task``: instead of the config's (tests)."""
-    from ..train import Trainer, load_config
+    from ..train import Trainer
 
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    cfg = load_config(None, base + overrides + [f"train.output_dir={out / slug}"])
+    cfg = variant_config(name, overrides, base, out)
+    shutil.rmtree(cfg.train.output_dir, ignore_errors=True)  # a variant's run is ablate's own output: redone
     trainer = Trainer(cfg, task=task, policy=None if policy_factory is None else policy_factory(),
                       progress=progress, evaluate=evaluate)
     history = trainer.fit(initial_eval=before)
@@ -90,8 +105,8 @@ def to_markdown(rows: list[dict], budget: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m unigrpo.ablate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=40, help="training iterations per variant (the budget)")
     p.add_argument("--eval-images", type=int, default=24,
                    help="held-out images per category before and after (24: the unigrpo.eval default)")
@@ -99,24 +114,40 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="a subset of: " + "; ".join(VARIANTS))
     p.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
     args = p.parse_intermixed_args(argv)
+    for name in ("iterations", "eval_images"):
+        if getattr(args, name) < 1:
+            return fail(f"{flag(name)} must be >= 1, got {getattr(args, name)}", PROG)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
-        print(f"unknown variants {unknown}; valid: {list(VARIANTS)}", file=sys.stderr)
-        return 2
+        return fail(f"--variants: unknown {unknown}; valid: {list(VARIANTS)}", PROG)
     from . import make_split
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     base = [f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
             f"train.save_every={args.iterations}", f"task.eval_size={args.eval_images}"]
     base += args.overrides
+
+    def setup() -> None:  # every variant's config is checked before the first one trains
+        for name in args.variants:
+            variant_config(name, VARIANTS[name], base, out)
+        out.mkdir(parents=True, exist_ok=True)
+
+    _, code = attempt(setup, SETUP_ERRORS, PROG)
+    if code:
+        return code
     drift_texts = [q.text for q in make_split(0).heldout[::10]]
     rows = []
-    for name in args.variants:  # the first variant evaluates the start checkpoint, the rest reuse it
-        rows.append(run_variant(name, VARIANTS[name], base, out, drift_texts,
-                                before=rows[0]["eval_before"] if rows else None))
-        (out / "ablations.json").write_text(json.dumps(rows, indent=2))
-        (out / "ablations.md").write_text(to_markdown(rows, f"{args.iterations} iterations, " + " ".join(base)))
+
+    def run() -> None:
+        for name in args.variants:  # the first variant evaluates the start checkpoint, the rest reuse it
+            rows.append(run_variant(name, VARIANTS[name], base, out, drift_texts,
+                                    before=rows[0]["eval_before"] if rows else None))
+            atomic_write_text(out / "ablations.json", json.dumps(rows, indent=2))
+            atomic_write_text(out / "ablations.md", to_markdown(rows, f"{args.iterations} iterations, " + " ".join(base)))
+
+    _, code = attempt(run, RUN_ERRORS, PROG)
+    if code:
+        return code
     print((out / "ablations.md").read_text())
     return 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +31,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt
+from ..config_bounds import bounded, check_bounds, flag
 from ..images import save_image_grid
+from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
 from ..rollout.inference import sample_images
+from ..train.checkpointing import resolve_policy_dir
 from . import (CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, Prompt, extract_plan, make_split,
                plan_satisfies, score)
 from .model import SFT_CHECKPOINT, ShapesModel
@@ -42,23 +47,42 @@ __all__ = ["EvalConfig", "select_prompts", "evaluate", "format_table", "main", "
 
 DEFAULT_CHECKPOINT = SFT_CHECKPOINT
 MODES = ("reasoning", "no_reasoning")
+PROG = "python -m unigrpo.eval"
 
 
 @dataclass
 class EvalConfig:
+    """``checkpoint``: a model directory, a training run (its latest checkpoint), a
+    ``checkpoint-*`` directory or the ``policy/`` in one."""
+
     checkpoint: str = str(DEFAULT_CHECKPOINT)
     out: str | None = None
-    steps: int = 40
+    steps: int = bounded(40, ge=1, help="Euler (ODE) denoising steps")
     modes: tuple[str, ...] = ("reasoning",)
-    images_per_category: int = 24
+    images_per_category: int = bounded(24, ge=1)
     split: str = "heldout"
-    split_seed: int = 0
-    seed: int = 0
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    batch_size: int = 128
-    grid_per_category: int = 3
-    threads: int = 0
+    split_seed: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0)
+    temperature: float = bounded(1.0, ge=0, help="reasoning temperature (0: greedy)")
+    max_new_tokens: int = bounded(48, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    grid_per_category: int = bounded(3, ge=0)
+    threads: int = bounded(0, ge=0, help="torch threads (0: torch's default)")
+
+    def validate(self) -> None:
+        check_bounds(self, flag)
+        for m in self.modes:
+            if m not in MODES:
+                raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+        if self.split not in ("heldout", "train"):
+            raise ValueError(f"--split must be 'heldout' or 'train', got {self.split!r}")
+
+
+def load_checkpoint(path: str | Path) -> tuple[ShapesModel, str]:
+    """The policy a run, checkpoint, ``policy/`` or model directory holds, verified,
+    and a phrase saying which directory was used."""
+    policy_dir, which = resolve_policy_dir(path)
+    return ShapesModel.from_pretrained(policy_dir), which
 
 
 def select_prompts(prompts: Sequence[Prompt], per_category: int, seed: int = 0) -> list[Prompt]:
@@ -89,16 +113,12 @@ def _accuracy_table(cats: list[str], strict: np.ndarray) -> dict:
 
 def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
     """Run the evaluation; returns the results dict (also written to ``out``)."""
-    for m in cfg.modes:
-        if m not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    policy = ShapesModel.from_pretrained(cfg.checkpoint) if policy is None else policy
+    policy = load_checkpoint(cfg.checkpoint)[0] if policy is None else policy
     policy.eval()
     split = make_split(cfg.split_seed)
-    if cfg.split not in ("heldout", "train"):
-        raise ValueError(f"split must be 'heldout' or 'train', got {cfg.split!r}")
     prompts = select_prompts(getattr(split, cfg.split), cfg.images_per_category, cfg.seed)
     texts = [p.text for p in prompts]
     cats = [p.category for p in prompts]
@@ -134,7 +154,7 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
         for mode, (images, strict) in grids.items():
             pick = _grid_indices(cats, cfg.grid_per_category)
             caps = [f"[{'ok' if strict[i] else 'x'}] {texts[i]}" for i in pick]
@@ -179,9 +199,11 @@ def cfg_split(results: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = EvalConfig()
-    p = argparse.ArgumentParser(prog="python -m unigrpo.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=d.checkpoint, help="checkpoint directory")
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=d.checkpoint,
+                   help="a model directory, a training run (its latest checkpoint), a checkpoint-* directory "
+                        "or the policy/ in one")
     p.add_argument("--out", default=None, help="directory for results.json and samples_<mode>.png")
     p.add_argument("--steps", type=int, default=d.steps, help="Euler (ODE) denoising steps")
     g = p.add_mutually_exclusive_group()
@@ -205,8 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                      images_per_category=a.images_per_category, split=a.split, split_seed=a.split_seed, seed=a.seed,
                      temperature=a.temperature, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                      threads=a.threads)
+    def setup() -> ShapesModel:
+        cfg.validate()
+        policy, which = load_checkpoint(cfg.checkpoint)
+        print(f"evaluating {which}", file=sys.stderr)
+        return policy
+
+    policy, code = attempt(setup, SETUP_ERRORS, PROG)
+    if code:
+        return code
     t0 = time.perf_counter()
-    results = evaluate(cfg)
+    results, code = attempt(lambda: evaluate(cfg, policy), RUN_ERRORS, PROG)
+    if code:
+        return code
     print(format_table(results))
     print(f"{results['num_images']} images per mode, {cfg.steps} ODE steps, {time.perf_counter() - t0:.1f} s"
           + (f"; wrote {cfg.out}/results.json and samples_*.png" if cfg.out else ""))

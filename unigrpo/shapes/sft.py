@@ -36,11 +36,16 @@ import torch
 from tqdm import tqdm
 
 from .. import ops
+from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt
+from ..config_bounds import bounded, check_bounds, flag
 from ..schedule import sample_training_sigmas
+from ..task import resolve_device
 from .model import ShapesConfig, ShapesModel
 from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
 from .plan import canonical_plan
 from .vocab import BOS
+
+PROG = "python -m unigrpo.sft"
 
 __all__ = ["SFTConfig", "SFTBatch", "make_batch", "sft_losses", "build_model", "param_groups", "train", "main"]
 
@@ -50,42 +55,36 @@ class SFTConfig:
     """Everything a run depends on (saved as ``sft_config.json`` in the output)."""
 
     out: str
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_image: float = 0.0
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    split_seed: int = 0
-    drop_reasoning: float = 0.1
-    lm_weight: float = 1.0
-    flow_weight: float = 1.0
+    steps: int = bounded(3000, ge=1)
+    batch_size: int = bounded(32, ge=1)
+    lr: float = bounded(1e-3, gt=0)
+    lr_image: float = bounded(0.0, ge=0)
+    min_lr: float = bounded(1e-4, ge=0)
+    warmup_steps: int = bounded(100, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    grad_clip: float = bounded(1.0, gt=0)
+    seed: int = bounded(0, ge=0)
+    split_seed: int = bounded(0, ge=0)
+    drop_reasoning: float = bounded(0.1, ge=0, le=1)
+    lm_weight: float = bounded(1.0, ge=0)
+    flow_weight: float = bounded(1.0, ge=0)
     balance_categories: bool = True
-    # model shape
-    hidden_size: int = 192
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
+    # model shape (ShapesConfig checks how the sizes fit together)
+    hidden_size: int = bounded(192, ge=1)
+    num_hidden_layers: int = bounded(4, ge=1)
+    num_attention_heads: int = bounded(4, ge=1)
+    intermediate_size: int = bounded(512, ge=1)
     image_expert: bool = True
-    timestep_shift: float = 3.0
+    timestep_shift: float = bounded(3.0, gt=0)
     # bookkeeping
     bf16: bool = False
     device: str = "cpu"
-    save_every: int = 0
-    threads: int = 0
+    save_every: int = bounded(0, ge=0)
+    threads: int = bounded(0, ge=0)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.drop_reasoning <= 1.0:
-            raise ValueError(f"drop_reasoning must be in [0, 1], got {self.drop_reasoning}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_bounds(self, flag)
 
 
 @dataclass
@@ -252,27 +251,41 @@ _HELP = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m unigrpo.sft", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = SFTConfig(out="")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     for f in dataclasses.fields(SFTConfig):
         if f.name == "out":
             continue
-        flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(f.name))
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=default,
+                           help=_HELP.get(f.name))
         else:
-            p.add_argument(flag, type=type(default), default=default, help=_HELP.get(f.name, " "))
+            bound = f.metadata.get("bound")
+            text = " ".join(filter(None, (_HELP.get(f.name), f"({bound.text()})" if bound else None))) or " "
+            p.add_argument(flag(f.name), type=type(default), default=default, help=text)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = SFTConfig(**vars(args))
+    def setup() -> SFTConfig:
+        cfg = SFTConfig(**vars(args))
+        resolve_device(cfg.device, "--device")
+        build_model(cfg)  # the model shape's own checks, before any step runs
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        return cfg
+
+    cfg, code = attempt(setup, SETUP_ERRORS, PROG)
+    if code:
+        return code
     start = time.perf_counter()
-    model, log = train(cfg)
+    trained, code = attempt(lambda: train(cfg), RUN_ERRORS, PROG)
+    if code:
+        return code
+    model, log = trained
     wall = time.perf_counter() - start
     n = model.num_parameters()
     print(f"saved {cfg.out}: {n / 1e6:.2f}M parameters, {cfg.steps} steps in {wall:.0f} s; "

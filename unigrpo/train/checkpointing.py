@@ -1,17 +1,20 @@
-"""Atomic training checkpoints that resume exactly.
+"""Atomic, verified training checkpoints that resume exactly.
 
 A checkpoint is a directory ``checkpoint-<iteration>`` holding the policy
-(``save_pretrained``: config.json, model.safetensors, tokenizer), the optimizer
-and scheduler states, every RNG state, the iteration and the resolved config.
-It is written under a temporary name and renamed into place, and ``latest``
-(a one-line file) is replaced atomically after it, so a run killed at any
-moment leaves the previous checkpoint intact and pointed to.
+(``save_pretrained``), the optimizer and scheduler states, every RNG state, the
+iteration and the resolved config, and last a ``manifest.json`` of every file's
+size and sha256. It is written under a temporary name and renamed into place,
+and ``latest`` (a one-line file) is replaced atomically after it, so a run
+killed at any moment leaves the previous checkpoint intact and pointed to.
+Loading verifies the manifest and names the file that differs; a policy with
+non-finite weights is never written.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..integrity import CheckpointError, check_finite, verify_manifest, write_manifest
 from ..io import atomic_write_text
 
 LATEST = "latest"
@@ -44,13 +48,15 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, trainer_state: dict[s
                     keep: int = 2) -> Path:
     """Write ``run_dir/checkpoint-<iteration>`` atomically and point ``latest`` at it."""
     run_dir = Path(run_dir)
-    final = run_dir / f"checkpoint-{iteration:06d}"
-    tmp = run_dir / f".checkpoint-{iteration:06d}.tmp"
+    final = run_dir / checkpoint_name(iteration)
+    check_finite(policy.state_dict(), f"iteration {iteration}: refusing to checkpoint the policy")
+    tmp = run_dir / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_pretrained(tmp / "policy")
     torch.save({"iteration": iteration, **trainer_state}, tmp / "trainer_state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
+    write_manifest(tmp)  # last: a checkpoint whose manifest verifies is complete
     for f in tmp.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
@@ -65,15 +71,75 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, trainer_state: dict[s
     return final
 
 
+_NAME = re.compile(r"checkpoint-(\d{6,})")
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"checkpoint-{iteration:06d}"
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete-looking checkpoint directories, oldest first."""
+    return sorted(p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and _NAME.fullmatch(p.name))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``run_dir/latest`` points to (None without ``latest``), verified."""
     pointer = Path(run_dir) / LATEST
     if not pointer.exists():
         return None
-    path = Path(run_dir) / pointer.read_text().strip()
-    if not (path / "trainer_state.pt").exists():
-        raise FileNotFoundError(f"{pointer} points to {path}, which is not a complete checkpoint")
+    raw = pointer.read_bytes()
+    name = raw.decode("ascii", errors="replace").strip()
+    if not _NAME.fullmatch(name):
+        found = ", ".join(p.name for p in checkpoints(run_dir)) or "none"
+        raise CheckpointError(f"{pointer} is corrupt: expected one line like checkpoint-000100, got {raw[:40]!r} "
+                              f"(checkpoints present: {found}; resume one with --resume {run_dir}/<checkpoint>)")
+    path = Path(run_dir) / name
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} points to {path}, which does not exist")
+    verify_checkpoint(path)
     return path
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the file of ``path`` that is missing or corrupt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    verify_manifest(path, required=True)
+    for part in ("trainer_state.pt", "policy"):
+        if not (path / part).exists():
+            raise CheckpointError(f"{path} is not a training checkpoint: no {part}")
+
+
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+    f = Path(path) / "trainer_state.pt"
+    try:
+        return torch.load(f, weights_only=False)
+    except Exception as e:  # torch raises RuntimeError / pickle errors / EOFError for a damaged file
+        raise CheckpointError(f"{f} is corrupt: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (Path(path) / "trainer_state.pt").exists() or bool(_NAME.fullmatch(Path(path).name))
+
+
+def resolve_policy_dir(path: str | Path) -> tuple[Path, str]:
+    """A run directory, one of its ``checkpoint-*`` directories or the ``policy/`` in one
+    -> (the verified policy directory, a phrase saying which was used). Any other
+    directory is taken as a model directory as it is."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist")
+    if (p / LATEST).exists():
+        ckpt = latest_checkpoint(p)
+        return ckpt / "policy", f"the latest checkpoint of run {p} ({ckpt.name})"
+    if is_checkpoint(p):
+        verify_checkpoint(p)
+        return p / "policy", f"checkpoint {p}"
+    if p.name == "policy" and is_checkpoint(p.parent):
+        verify_checkpoint(p.parent)
+        return p, f"the policy of checkpoint {p.parent}"
+    if (p / "metrics.jsonl").exists() or (p / "config.yaml").exists():
+        raise CheckpointError(f"run {p} holds no checkpoint yet (no {LATEST})")
+    return p, f"model directory {p}"

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..config_bounds import bounded, check_bounds, describe
 from ..io import atomic_write_text
 from ..rollout import RolloutConfig
 from ..task import ModelConfig, TaskConfig
@@ -27,11 +28,11 @@ LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 5
-    max_grad_norm: float = 1.0
+    lr: float = bounded(1e-4, gt=0, help="peak learning rate (AdamW)")
+    weight_decay: float = bounded(0.0, ge=0)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1, help="AdamW's beta1, beta2")
+    warmup_steps: int = bounded(5, ge=0, help="optimizer steps of linear warm-up")
+    max_grad_norm: float = bounded(1.0, gt=0, help="gradient-norm clip")
     # transformers' schedulers, over all the run's optimizer steps (TRL's name and choices); on the
     # built-in task an unpenalised run peaked, then collapsed at a constant rate, held with cosine
     lr_scheduler_type: str = "cosine"
@@ -39,15 +40,15 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    iterations: int = 300           # ~2 s each on 2 CPU cores: the whole run fits in 15 minutes
-    prompts_per_iteration: int = 4  # x rollout.num_generations = 32 rounds per iteration
-    num_inner_epochs: int = 1
-    minibatch_size: int = 16        # rounds per minibatch
-    gradient_accumulation_steps: int = 1
-    seed: int = 0
+    iterations: int = bounded(300, ge=1, help="~2-3 s each on 2 CPU cores")
+    prompts_per_iteration: int = bounded(4, ge=1, help="x rollout.num_generations = rounds per iteration")
+    num_inner_epochs: int = bounded(1, ge=1)
+    minibatch_size: int = bounded(16, ge=1, help="rounds per minibatch")
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    seed: int = bounded(0, ge=0)
     output_dir: str = "runs/unigrpo"
-    save_every: int = 100
-    eval_every: int = 100           # held-out evaluations (the task's evaluate; task.eval_* set its size)
+    save_every: int = bounded(100, ge=1, help="iterations between checkpoints")
+    eval_every: int = bounded(100, ge=1, help="iterations between held-out evaluations (task.eval_* set their size)")
     bf16_autocast: bool = True      # on CUDA only
 
 
@@ -70,19 +71,30 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
+        """Every section's ranges and choices, then what training needs across sections."""
         self.task.validate()
+        self.model.validate()
         self.rollout.validate()
         self.loss.validate()
-        t = self.train
-        for name in ("iterations", "prompts_per_iteration", "num_inner_epochs", "minibatch_size",
-                     "gradient_accumulation_steps", "save_every", "eval_every"):
-            if getattr(t, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        check_bounds(self.optim, "optim")
+        check_bounds(self.train, "train")
         if self.optim.lr_scheduler_type not in LR_SCHEDULERS:
             raise ValueError(f"optim.lr_scheduler_type must be one of {LR_SCHEDULERS}, "
                              f"got {self.optim.lr_scheduler_type!r}")
-        if self.optim.lr <= 0 or self.optim.max_grad_norm <= 0:
-            raise ValueError("optim.lr and optim.max_grad_norm must be > 0")
+        if not self.train.output_dir:
+            raise ValueError("train.output_dir must name a directory")
+        if self.rollout.num_generations < 2:
+            raise ValueError(f"rollout.num_generations must be >= 2 for training (GRPO's advantages are "
+                             f"relative to a group; one round per prompt has none), got {self.rollout.num_generations}")
+        if self.loss.train_image and self.rollout.noise_level == 0:
+            raise ValueError("rollout.noise_level must be > 0 while loss.train_image is true (the image loss "
+                             "trains on the SDE steps' log-probs; 0 is the deterministic sampler), got 0")
+
+
+def help_text() -> str:
+    """Every key with its default and range, for ``--help``."""
+    cfg = TrainConfig()
+    return "\n".join(line for f in dataclasses.fields(cfg) for line in describe(getattr(cfg, f.name), f.name))
 
 
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
@@ -96,8 +108,11 @@ def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
 
 def _coerce(key: str, value: Any, current: Any, annotation: Any) -> Any:
     """Parse/check ``value`` against the field's type (inferred from its annotation and default)."""
-    if isinstance(value, str):
-        value = yaml.safe_load(value) if value != "" else value
+    if isinstance(value, str) and value != "":
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"{key}={value!r} is not a value (a number, true/false, a word or a [list])") from None
     if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
         try:  # YAML reads "1e-4" as a string
             value = float(value) if isinstance(current, float) else int(value)
@@ -149,14 +164,35 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping; a missing, empty, unparsable or non-mapping file
+    is a ValueError naming the file (and the line and column of a syntax error)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} cannot be read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ValueError(f"config file {path} is empty: expected a mapping of config sections")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
     cfg = TrainConfig()
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config sections")
-        apply(cfg, _flatten(data))
+        apply(cfg, _flatten(read_yaml(path)))
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value (or task=NAME)")

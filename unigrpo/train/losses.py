@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..config_bounds import bounded, check_bounds
 from ..policy import ImageContext, UnifiedPolicy, hidden_token_logprobs
 from ..rollout import RolloutBatch, guided_velocity
 
@@ -33,9 +34,9 @@ class LossConfig:
     """Names as in TRL (epsilon, epsilon_high, beta, loss_type, scale_rewards) and
     FlowGRPO (clip_range, adv_clip_max); beta_v weights the image penalty."""
 
-    epsilon: float = 0.2
-    epsilon_high: float | None = None    # None: = epsilon
-    beta: float = 0.0                    # text k3 KL to the reference (off by default, as in TRL)
+    epsilon: float = bounded(0.2, ge=0, lt=1, help="text ratio clip, lower (TRL)")
+    epsilon_high: float | None = bounded(None, ge=0, help="text ratio clip, upper (null: = epsilon; DAPO 0.28)")
+    beta: float = bounded(0.0, ge=0, help="text k3 KL to the reference (off by default, as in TRL)")
     # TRL's names and meanings (text tokens; the image steps are always a mean over the minibatch):
     # dapo (default): sum over the tokens / the token count of the whole optimizer step (all its
     # accumulated minibatches), so every token weighs the same whatever its round's length or
@@ -43,14 +44,14 @@ class LossConfig:
     # rounds' tokens); dr_grpo: sum / (rounds x rollout.max_reasoning_tokens), a constant
     loss_type: str = "dapo"
     scale_rewards: str = "group"         # group | batch | none (Dr. GRPO)
-    adv_clip_max: float = 5.0
-    clip_range: float = 1e-4             # image ratio clip (FlowGRPO)
+    adv_clip_max: float = bounded(5.0, gt=0, help="advantages clipped to +-this (FlowGRPO)")
+    clip_range: float = bounded(1e-4, gt=0, help="image ratio clip (FlowGRPO)")
     # weight of the image penalty. It is not scale-free: Adam follows whichever gradient dominates,
     # and the surrogate's is small (mean-over-dims log-probs, clip 1e-4); on the built-in model the
     # penalty's gradient at beta_v=1 is 10-500x the surrogate's and pins the image policy
-    beta_v: float = 1e-3
+    beta_v: float = bounded(1e-3, ge=0, help="weight of the image penalty")
     image_penalty: str = "velocity_mse"  # velocity_mse (UniGRPO) | latent_kl (FlowGRPO) | none
-    lambda_img: float = 1.0
+    lambda_img: float = bounded(1.0, ge=0, help="weight of the image surrogate")
     # the image losses' gradients also reach the text context the image tokens attend to
     # (the shared layers' encoding of prompt + reasoning); false: they train only the image path
     image_context_grad: bool = True
@@ -61,6 +62,7 @@ class LossConfig:
     def validate(self) -> None:
         from .advantages import SCALE_REWARDS
 
+        check_bounds(self, "loss")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
@@ -69,9 +71,6 @@ class LossConfig:
             raise ValueError(f"loss.image_penalty must be one of {PENALTIES}, got {self.image_penalty!r}")
         if not (self.train_text or self.train_image):
             raise ValueError("loss: at least one of train_text / train_image must be true")
-        for name in ("epsilon", "clip_range", "beta", "beta_v", "lambda_img", "adv_clip_max"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -17,20 +17,45 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..integrity import check_finite
+from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
 from ..rollout import RolloutBatch, generate_rounds
-from ..task import Task, build_task
+from ..task import Task, build_task, resolve_device
 from . import checkpointing
 from .advantages import group_advantages
 from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
 from .losses import TokenNorm, joint_loss, trained_token_mask
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def _refuse_existing_run(run_dir: Path) -> None:
+    """A new run never appends to another run's files (it would mix two runs' metrics)."""
+    log = run_dir / "metrics.jsonl"
+    held = [n for n, there in ((checkpointing.LATEST, (run_dir / checkpointing.LATEST).exists()),
+                               ("checkpoints", bool(checkpointing.checkpoints(run_dir))),
+                               ("metrics.jsonl", log.exists() and log.stat().st_size > 0)) if there]
+    if held:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with --resume "
+                              f"{run_dir}, or set train.output_dir to a new directory")
+
+
+def _resume_point(path: Path) -> Path | None:
+    """The verified checkpoint to resume ``path`` (a run or a checkpoint directory) from;
+    None for a run that has none yet (it starts again from its beginning)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such run directory, so no checkpoint found")
+    if checkpointing.is_checkpoint(path):
+        checkpointing.verify_checkpoint(path)
+        return path
+    latest = checkpointing.latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    found = checkpointing.checkpoints(path)  # killed between a checkpoint's rename and `latest`
+    if found:
+        checkpointing.verify_checkpoint(found[-1])
+        return found[-1]
+    return None
 
 
 def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -69,15 +94,26 @@ class Trainer:
         ``build_policy(cfg.model)``; ``evaluate`` False skips the held-out evaluations."""
         cfg.validate()
         self.cfg, self.progress, self.do_eval = cfg, progress, evaluate
+        self.device = resolve_device(cfg.model.device)
+        self.run_dir = Path(cfg.train.output_dir)
+        if resume is None:
+            _refuse_existing_run(self.run_dir)
+            start_from = None
+        else:
+            start_from = _resume_point(Path(resume))
+        # the run's record first: an unwritable output fails before any work, and a run killed
+        # from here on can be resumed with its own config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.device = resolve_device(cfg.model.device)
         self.task = build_task(cfg.task) if task is None else task
         if policy is None:
             policy = self.task.build_policy(cfg.model, self.device)
         self.policy = policy.to(self.device)
+        check_finite(self.policy.state_dict(), "the initial policy")
         self.ref = self.policy.reference_copy()  # the initial policy, frozen
         self.prompts = list(self.task.train_prompts())
         if not self.prompts:
@@ -93,14 +129,14 @@ class Trainer:
             "shuffle": torch.Generator().manual_seed(seed + 2),
             "prompts": torch.Generator().manual_seed(seed + 3),
         }
-        self.run_dir = Path(cfg.train.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.iteration = 0
         self.counters = {"skipped_nonfinite_loss": 0, "skipped_nonfinite_reward": 0, "optimizer_steps": 0}
         self.history: list[dict[str, Any]] = []
-        save_config(cfg, self.run_dir / "config.yaml")
-        if resume is not None:
-            self._resume(Path(resume))
+        self.resumed = resume is not None  # TensorBoard then drops events past the restart point
+        if start_from is not None:
+            self._resume(start_from)
+        elif resume is not None:  # no checkpoint yet: the run starts again from its beginning
+            atomic_write_text(self.run_dir / "metrics.jsonl", "")
 
     # ------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict[str, Any]:
@@ -112,13 +148,13 @@ class Trainer:
         return checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, self._trainer_state(),
                                              (self.run_dir / "config.yaml").read_text())
 
-    def _resume(self, path: Path) -> None:
-        ckpt = checkpointing.latest_checkpoint(path) if (path / checkpointing.LATEST).exists() else path
-        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
-            raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected {path}/latest or "
-                                    f"{path}/trainer_state.pt)")
-        loaded = type(self.policy).from_pretrained(ckpt / "policy", device=self.device)
-        self.policy.load_state_dict(loaded.state_dict())
+    def _resume(self, ckpt: Path) -> None:
+        """Continue from a verified checkpoint: weights, optimizer, schedule, RNG streams,
+        counters and the metrics so far (``metrics.jsonl`` is rewritten from them, so a
+        torn last line or the rows of an iteration that died are gone)."""
+        loaded = type(self.policy).from_pretrained(ckpt / "policy", device=self.device).state_dict()
+        check_finite(loaded, str(ckpt / "policy"))
+        self.policy.load_state_dict(loaded)
         state = checkpointing.load_trainer_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -126,11 +162,7 @@ class Trainer:
         self.counters.update(state["counters"])
         self.history = state["history"]
         self.iteration = state["iteration"]
-        # drop metric lines of an iteration that was running when the run died
-        log = self.run_dir / "metrics.jsonl"
-        if log.exists():
-            keep = [ln for ln in log.read_text().splitlines() if json.loads(ln)["iteration"] <= self.iteration]
-            log.write_text("".join(ln + "\n" for ln in keep))
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
 
     # -------------------------------------------------------------- the loop
     def _autocast(self):
@@ -212,7 +244,8 @@ class Trainer:
         already known (same start checkpoint, same eval settings), recorded instead of re-run."""
         t = self.cfg.train
         log = open(self.run_dir / "metrics.jsonl", "a")
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir, purge_step=self.iteration + (1 if self.history else 0)
+                              if self.resumed else None)
         if self.iteration == 0 and self.do_eval:
             self._record({"iteration": 0, **(initial_eval or self.evaluate("000000"))}, log, writer)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="unigrpo", disable=not self.progress)
@@ -244,12 +277,12 @@ class Trainer:
                     writer.add_scalar(k, v, row["iteration"])
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard not installed: JSONL and the console only
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

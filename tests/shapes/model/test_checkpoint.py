@@ -2,10 +2,12 @@
 for every way a checkpoint directory (or an input) can be wrong."""
 
 import json
+import re
 
 import pytest
 import torch
 
+from unigrpo.integrity import MANIFEST
 from unigrpo.shapes.model import CheckpointError, ShapesModel
 
 
@@ -31,9 +33,46 @@ def test_round_trip_is_bit_exact(model, batch, tmp_path):
 
 @pytest.fixture
 def saved(make_tiny, tmp_path):
+    """A saved directory without its manifest (as the shipped asset): the loader's own checks."""
     d = tmp_path / "ckpt"
     make_tiny().save_pretrained(d)
+    (d / MANIFEST).unlink()
     return d
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json"])
+@pytest.mark.parametrize("damage", ["flip 64 bytes", "truncate", "delete"])
+def test_manifest_names_the_damaged_file(make_tiny, tmp_path, name, damage):
+    d = tmp_path / "ckpt"
+    make_tiny().save_pretrained(d)
+    f = d / name
+    data = bytearray(f.read_bytes())
+    if damage == "delete":
+        f.unlink()
+    elif damage == "truncate":
+        f.write_bytes(data[: len(data) // 2])
+    else:  # inside the data, where the format itself cannot notice
+        mid = len(data) // 2
+        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+        f.write_bytes(data)
+    with pytest.raises(CheckpointError, match=re.escape(str(f))):
+        ShapesModel.from_pretrained(d)
+
+
+def test_nonfinite_weights_are_never_written_or_loaded(make_tiny, saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_tiny()
+    with torch.no_grad():
+        model.velocity_head.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite weights .* in velocity_head.weight"):
+        model.save_pretrained(tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+    state = load_file(saved / "model.safetensors")
+    state["lm_head.weight"][1, 2] = float("inf")
+    save_file(state, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model.safetensors: non-finite weights .* in lm_head.weight"):
+        ShapesModel.from_pretrained(saved)
 
 
 def test_missing_directory(tmp_path):

@@ -1,8 +1,11 @@
 """The text context's KV cache, computed once, gives the same velocities as
 the packed one-sequence forward and as recomputing it; it is never mutated."""
 
+import copy
+
 import pytest
 import torch
+from helpers import assert_close_earned
 
 from unigrpo.shapes.model import KVImageContext
 
@@ -108,7 +111,8 @@ def test_position_table_starts_distinct():
 
 def test_one_pass_gives_text_states_and_context(model, batch):
     """``text_and_image_context`` (the trainer's one pass per minibatch) equals
-    ``text_forward`` and ``image_context`` run apart, gradients included."""
+    ``text_forward`` and ``image_context`` run apart, gradients included (to within
+    what fp32 itself earns: the two-pass fp32 gradients' worst error against fp64)."""
     tb = batch(model)
     x = torch.randn(tb.ids.shape[0], 3, 32, 32)
     sigma = torch.tensor([0.9, 0.5, 0.1])
@@ -120,9 +124,16 @@ def test_one_pass_gives_text_states_and_context(model, batch):
                                rtol=1e-5, atol=1e-6)
     (hidden.square().sum() + v_one.square().sum()).backward()
     one = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    (model.text_forward(tb.ids, tb.mask).square().sum()
-     + model.velocity(x, sigma, model.image_context(tb.ids, tb.mask)).square().sum()).backward()
-    for n, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(one[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+    def two_pass_grads(m, dtype):
+        m.zero_grad()
+        xx = x.to(dtype)
+        (m.text_forward(tb.ids, tb.mask).square().sum()
+         + m.velocity(xx, sigma, m.image_context(tb.ids, tb.mask)).square().sum()).backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    two = two_pass_grads(model, torch.float32)
+    exact = two_pass_grads(copy.deepcopy(model).double(), torch.float64)
+    assert one.keys() == two.keys() == exact.keys()
+    for n in one:
+        assert_close_earned(one[n], exact[n], ref_lo=two[n])

@@ -27,8 +27,12 @@ BUILTIN_CHECKPOINTS = {"builtin:shapes-sft": SFT_CHECKPOINT}
 
 
 def load_policy(checkpoint: str, device: torch.device | str = "cpu") -> ShapesModel:
-    """The ``shapes`` policy loader (``model.type=shapes``): a checkpoint directory, or
-    ``builtin:shapes-sft``."""
+    """The ``shapes`` policy loader (``model.type=shapes``): a model directory, a run or
+    ``checkpoint-*`` directory (verified), or ``builtin:shapes-sft``."""
     if checkpoint.startswith("builtin:") and checkpoint not in BUILTIN_CHECKPOINTS:
         raise ValueError(f"model.checkpoint {checkpoint!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
-    return ShapesModel.from_pretrained(BUILTIN_CHECKPOINTS.get(checkpoint, checkpoint), device=device)
+    if checkpoint in BUILTIN_CHECKPOINTS:
+        return ShapesModel.from_pretrained(BUILTIN_CHECKPOINTS[checkpoint], device=device)
+    from ...train.checkpointing import resolve_policy_dir  # a run or checkpoint directory works too
+
+    return ShapesModel.from_pretrained(resolve_policy_dir(checkpoint)[0], device=device)

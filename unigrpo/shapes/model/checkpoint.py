@@ -1,7 +1,10 @@
 """Checkpoint directories of the built-in model: ``config.json``,
 ``model.safetensors`` (fp32 weights, bit-exact), tokenizer files
-(``tokenizer.json``, ``tokenizer_config.json``).  Every way a directory can
-be wrong raises :class:`CheckpointError` naming the file and the problem."""
+(``tokenizer.json``, ``tokenizer_config.json``) and ``manifest.json`` (each
+file's size and sha256, written last; verified on load where present: the
+shipped asset predates it).  Every way a directory can be wrong raises
+:class:`CheckpointError` naming the file and the problem; non-finite weights
+are never written and never loaded."""
 
 from __future__ import annotations
 
@@ -11,15 +14,13 @@ from pathlib import Path
 
 import torch
 
+from ...integrity import CheckpointError, check_finite, verify_manifest, write_manifest
+
 __all__ = ["CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_NAME", "save", "load"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, incomplete, corrupt or inconsistent."""
 
 
 def save(model, directory: str | Path) -> None:
@@ -29,10 +30,12 @@ def save(model, directory: str | Path) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    check_finite(state, f"refusing to save {d}")
     save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model_type": model.config.model_type})
     os.chmod(d / WEIGHTS_NAME, 0o644)  # safetensors creates it 0600; checkpoints ship as package data
     (d / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    model.tokenizer.save_pretrained(str(d))
+    saved = model.tokenizer.save_pretrained(str(d))
+    write_manifest(d, [CONFIG_NAME, WEIGHTS_NAME, *(Path(f).name for f in saved)])
 
 
 def _read_config(d: Path):
@@ -82,9 +85,11 @@ def load(cls, directory: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"checkpoint directory {d} does not exist")
     if not d.is_dir():
         raise CheckpointError(f"checkpoint path {d} is not a directory")
+    verify_manifest(d, required=False)
     config = _read_config(d)
     tokenizer = _read_tokenizer(d)
     state = _read_weights(d)
+    check_finite(state, str(d / WEIGHTS_NAME))
     try:
         model = cls(config, tokenizer)
     except ValueError as e:
