@@ -11,12 +11,13 @@ is None may be None ("unset"); any other value is checked.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["Bound", "bounded", "check_bounds", "describe", "flag"]
+__all__ = ["Bound", "bounded", "check_bounds", "describe", "flag", "add_flags"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,20 @@ def describe(obj: Any, section: str) -> list[str]:
                              f.metadata.get("help", "")) if n]
         lines.append(f"  {section}.{f.name} = {v!r}" + (f"  ({'; '.join(notes)})" if notes else ""))
     return lines
+
+
+def add_flags(parser: argparse.ArgumentParser, obj: Any, names: Sequence[str],
+              helps: Mapping[str, str] | None = None) -> None:
+    """One ``--flag`` per named field of the dataclass instance ``obj``: its type and
+    default, its help (``helps`` or the field's own) and its range; booleans get
+    ``--flag / --no-flag``."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name in names:
+        f, default = fields[name], getattr(obj, name)
+        bound = f.metadata.get("bound")
+        text = " ".join(filter(None, ((helps or {}).get(name) or f.metadata.get("help"),
+                                      f"({bound.text()})" if bound else None))) or " "
+        if isinstance(default, bool):
+            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            parser.add_argument(flag(name), type=type(default), default=default, help=text)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt
-from ..config_bounds import bounded, check_bounds, flag
+from ..config_bounds import add_flags, bounded, check_bounds, flag
 from ..images import save_image_grid
 from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
@@ -205,18 +205,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a model directory, a training run (its latest checkpoint), a checkpoint-* directory "
                         "or the policy/ in one")
     p.add_argument("--out", default=None, help="directory for results.json and samples_<mode>.png")
-    p.add_argument("--steps", type=int, default=d.steps, help="Euler (ODE) denoising steps")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-reasoning", action="store_true", help="draw from the bare prompt (reasoning left out)")
     g.add_argument("--both", action="store_true", help="run with and without reasoning, paired")
-    p.add_argument("--images-per-category", type=int, default=d.images_per_category)
     p.add_argument("--split", choices=("heldout", "train"), default=d.split)
-    p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--temperature", type=float, default=d.temperature, help="reasoning temperature (0: greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
+    add_flags(p, d, ["steps", "images_per_category", "split_seed", "seed", "temperature", "max_new_tokens",
+                     "batch_size", "threads"])
     return p
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .. import ops
 from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt
-from ..config_bounds import bounded, check_bounds, flag
+from ..config_bounds import add_flags, bounded, check_bounds, flag
 from ..schedule import sample_training_sigmas
 from ..task import resolve_device
 from .model import ShapesConfig, ShapesModel
@@ -255,17 +255,7 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = SFTConfig(out="")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    for f in dataclasses.fields(SFTConfig):
-        if f.name == "out":
-            continue
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=default,
-                           help=_HELP.get(f.name))
-        else:
-            bound = f.metadata.get("bound")
-            text = " ".join(filter(None, (_HELP.get(f.name), f"({bound.text()})" if bound else None))) or " "
-            p.add_argument(flag(f.name), type=type(default), default=default, help=text)
+    add_flags(p, defaults, [f.name for f in dataclasses.fields(SFTConfig) if f.name != "out"], _HELP)
     return p
 
 
