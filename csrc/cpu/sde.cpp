@@ -46,8 +46,9 @@ template <bool A, bool B, bool HW>
 UNIGRPO_INLINE vf grad_step(const vf& x, const vf& xn, const vf& v, const vf& vr, const vf& w, float cx, float cv,
                             float a, float b) {
   vf g{};
-  if (A) g = a * (xn - cx * x - cv * v);
-  if (B) g += b * (HW ? (v - vr) * w : v - vr);
+  // a zero coefficient contributes exactly 0 (a weight-0 penalty with a NaN v_ref is not 0 * NaN)
+  if (A && a != 0.0f) g = a * (xn - cx * x - cv * v);
+  if (B && b != 0.0f) g += b * (HW ? (v - vr) * w : v - vr);
   return g;
 }
 

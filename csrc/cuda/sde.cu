@@ -192,10 +192,12 @@ __global__ void __launch_bounds__(kGradBlock) sde_row_grad_kernel(
             fx[0] = load_f(x + off + e);
             fn[0] = load_f(xn + off + e);
           }
+          if (ar != 0.f) {  // a zero coefficient contributes exactly 0, not 0 * NaN
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) g[k] = ar * fmaf(-cvr, fv[k], fmaf(-cxr, fx[k], fn[k]));
+            for (int k = 0; k < VEC; ++k) g[k] = ar * fmaf(-cvr, fv[k], fmaf(-cxr, fx[k], fn[k]));
+          }
         }
-        if constexpr (HB) {
+        if (HB && br != 0.f) {
           float fr[VEC], fw[VEC];
           if constexpr (VP) {
             load_vec<T>(vref + off + e, fr);
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(kGradBlock) sde_row_grad_kernel(
           for (int k = 0; k < VEC; ++k) {
             float d = fv[k] - fr[k];
             if constexpr (W) d *= fw[k];
-            g[k] = HA ? fmaf(br, d, g[k]) : br * d;
+            g[k] = fmaf(br, d, g[k]);
           }
         }
       }

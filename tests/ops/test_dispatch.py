@@ -13,7 +13,7 @@ def test_argument_and_environment_force_a_backend(monkeypatch):
     monkeypatch.setenv("UNIGRPO_BACKEND", "torch")
     assert dispatch.get_backend(cpu).name == "torch"
     monkeypatch.setenv("UNIGRPO_BACKEND", "cuda-magic")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="UNIGRPO_BACKEND must be one of"):
         dispatch.get_backend(cpu)
 
 

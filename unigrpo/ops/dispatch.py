@@ -46,12 +46,20 @@ def _why_unavailable(name: str, device: torch.device) -> str:
     return err or f"it does not support {device.type} tensors in this environment"
 
 
+def check_backend_name(backend) -> None:
+    """``backend``: None (the environment's or the fastest) or one of :data:`BACKENDS`."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    env = os.environ.get("UNIGRPO_BACKEND")
+    if backend is None and env and env not in BACKENDS:
+        raise ValueError(f"UNIGRPO_BACKEND must be one of {BACKENDS}, got {env!r}")
+
+
 def get_backend(device: torch.device, backend: str | None = None) -> ModuleType:
     """The backend module to run on ``device``; ``backend`` forces one by name."""
+    check_backend_name(backend)
     forced = backend or os.environ.get("UNIGRPO_BACKEND") or None
     if forced is not None:
-        if forced not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {forced!r}")
         if not _available(forced, device):
             raise RuntimeError(f"backend {forced!r} was requested but is unavailable on "
                                f"{device.type}: {_why_unavailable(forced, device)}")

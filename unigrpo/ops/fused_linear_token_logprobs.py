@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .dispatch import get_backend
-from .validation import check_ids, check_nonempty, check_temperature, check_tensor
+from ..config_bounds import Bound
+from .dispatch import check_backend_name, get_backend
+from .validation import (check_ids, check_nonempty, check_scalar, check_temperature,
+                         check_tensor, refuse_double_backward)
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk
 
@@ -39,6 +41,7 @@ class FusedLinearTokenLogprobsFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
+        refuse_double_backward("fused_linear_token_logprobs")
         hidden, weight, bias, ids, lse, entropy = ctx.saved_tensors
         n = hidden.shape[0]
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
@@ -78,6 +81,7 @@ def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, tem
     differentiable w.r.t. hidden, weight and bias. ``chunk_size`` rows per chunk
     (default: 64 MiB of fp32 logits) bounds the extra memory, whatever N.
     """
+    check_backend_name(backend)
     check_tensor("hidden", hidden, 2)
     check_nonempty("hidden", hidden)
     n, h = hidden.shape
@@ -91,8 +95,7 @@ def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, tem
     inv_temp = 1.0 / check_temperature(temperature)
     if chunk_size is None:
         chunk_size = max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = check_scalar("chunk_size", chunk_size, Bound(lo=1), integer=True)
     be = get_backend(hidden.device, backend)
     logp, entropy = FusedLinearTokenLogprobsFn.apply(hidden, weight, bias, ids, inv_temp,
                                                      return_entropy, int(chunk_size), be)

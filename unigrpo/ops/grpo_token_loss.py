@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .dispatch import get_backend
+from ..config_bounds import Bound
+from .dispatch import check_backend_name, get_backend
 from .reference import clipped_surrogate, k3_kl
 from .token_logprobs import TokenLogprobsFn, prepare_logits
-from .validation import as_f32_vector, check_tensor
+from .validation import REAL_FLOAT_DTYPES, as_f32_vector, check_scalar, check_tensor
 
 
 @dataclass
@@ -47,11 +48,12 @@ def grpo_token_loss(old_logp: Tensor, advantages: Tensor, mask: Tensor, *, logp:
     advantages, mask, ref_logp: (N,) (mask float or bool). ``temperature`` must be
     the rollout's sampling temperature.
     """
+    check_backend_name(backend)
     if (logp is None) == (logits is None):
         raise ValueError("give exactly one of logp= or logits= (with ids=)")
-    eps_high = eps_low if eps_high is None else eps_high
-    if not (0 <= eps_low < 1 and eps_high >= 0):
-        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
+    eps_low = check_scalar("eps_low", eps_low, Bound(lo=0, hi=1, hi_open=True))
+    eps_high = eps_low if eps_high is None else check_scalar("eps_high", eps_high, Bound(lo=0))
+    beta = check_scalar("beta", beta, Bound(lo=0))
     entropy = None
     if logits is not None:
         if ids is None:
@@ -60,7 +62,9 @@ def grpo_token_loss(old_logp: Tensor, advantages: Tensor, mask: Tensor, *, logp:
         be = get_backend(logits.device, backend)
         logp, entropy = TokenLogprobsFn.apply(logits, ids, inv_temp, return_entropy, be)
     else:
-        check_tensor("logp", logp, 1, None)
+        check_tensor("logp", logp, 1, REAL_FLOAT_DTYPES)
+        if ids is not None:
+            raise ValueError("ids= goes with logits=; with logp= the log-probs are already per token")
     n, device = logp.shape[0], logp.device
     old_logp = as_f32_vector("old_logp", old_logp, n, device)
     advantages = as_f32_vector("advantages", advantages, n, device)

@@ -32,7 +32,9 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, return
     logp = logp_all.gather(-1, ids[:, None]).squeeze(-1)
     if not return_entropy:
         return logp
-    return logp, -(logp_all.exp() * logp_all).sum(-1)
+    p = logp_all.exp()
+    # 0 log 0 = 0 for a -inf logit, in the forward and (no 0 * inf) in the backward
+    return logp, -(p * torch.where(p > 0, logp_all, 0.0)).sum(-1)
 
 
 def fused_linear_token_logprobs(hidden, weight, ids, temperature=1.0, bias=None, return_entropy=False):

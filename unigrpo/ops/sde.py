@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .dispatch import get_backend
+from ..config_bounds import Bound
+from .dispatch import check_backend_name, get_backend
 from .reference import LOG_SQRT_2PI, clipped_surrogate
 from .sde_coefficients import sde_coefficients
-from .validation import as_f32_vector, check_nonempty, check_tensor
+from .validation import (REAL_FLOAT_DTYPES, as_f32_vector, check_no_grad, check_nonempty,
+                         check_scalar, check_tensor, refuse_double_backward)
 
 PENALTIES = ("velocity_mse", "latent_kl", "none")
 
@@ -33,10 +35,12 @@ class SdeRowSumsFn(torch.autograd.Function):
         s1, s2 = backend.sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2)
         ctx.save_for_backward(v, x, x_next, cx, cv, v_ref, weight)
         ctx.backend = backend
+        ctx.set_materialize_grads(False)  # an unused sum gets None, not zeros times its (maybe NaN) inputs
         return s1, s2
 
     @staticmethod
     def backward(ctx, grad_s1, grad_s2):
+        refuse_double_backward("the sde ops")
         v, x, x_next, cx, cv, v_ref, weight = ctx.saved_tensors
         a = None if grad_s1 is None else -2 * cv * grad_s1.float()  # d s1 / d v = -2 cv res
         b = None if grad_s2 is None else 2 * grad_s2.float().contiguous()  # d s2 / d v = 2 w (v - v_ref)
@@ -63,41 +67,42 @@ def _flat(name: str, t: Tensor, like: Tensor | None = None) -> Tensor:
 
 
 def _per_row(name: str, value, b: int, device) -> Tensor:
-    """A scalar (broadcast) or a (B,) vector, as fp32 (B,)."""
+    """A real scalar (broadcast) or a (B,) vector, as fp32 (B,)."""
     if not isinstance(value, Tensor) or value.dim() == 0:
-        return torch.as_tensor(value, dtype=torch.float32, device=device).expand(b)
+        return torch.full((b,), check_scalar(name, value, Bound()), dtype=torch.float32, device=device)
     return as_f32_vector(name, value, b, device)
 
 
 def _sigmas(sigma, sigma_next, b: int, device) -> tuple[Tensor, Tensor]:
     sigma, sigma_next = _per_row("sigma", sigma, b, device), _per_row("sigma_next", sigma_next, b, device)
     if not (sigma.is_cuda and torch.cuda.is_current_stream_capturing()):
-        if bool(((sigma <= 0) | (sigma > 1)).any()):
-            raise ValueError(f"sigma must lie in (0, 1], got values in [{sigma.min():.4g}, {sigma.max():.4g}]")
-        if bool(((sigma_next < 0) | (sigma_next >= sigma)).any()):
-            raise ValueError("sigma_next must satisfy 0 <= sigma_next < sigma (sigma runs 1 -> 0)")
+        # written as "not inside" so that NaN fails too
+        if not bool(((sigma > 0) & (sigma <= 1)).all()):
+            raise ValueError(f"sigma must lie in (0, 1], got values in [{sigma.min():.4g}, {sigma.max():.4g}]"
+                             + (" and NaN" if bool(sigma.isnan().any()) else ""))
+        if not bool(((sigma_next >= 0) & (sigma_next < sigma)).all()):
+            raise ValueError("sigma_next must satisfy 0 <= sigma_next < sigma (sigma runs 1 -> 0), and not be NaN")
     return sigma, sigma_next
 
 
-def _noise_level(a: float, allow_zero: bool = False) -> float:
-    a = float(a)
-    if not (a > 0 or (allow_zero and a == 0)) or a == float("inf"):
-        raise ValueError(f"noise_level must be {'>= 0' if allow_zero else '> 0'} and finite, got {a}")
-    return a
+def _noise_level(a, allow_zero: bool = False) -> float:
+    return check_scalar("noise_level", a, Bound(lo=0, lo_open=not allow_zero))
 
 
-def _weight(weight, v: Tensor) -> Tensor | None:
+def _weight(weight, v: Tensor, sample_shape: tuple[int, ...]) -> Tensor | None:
+    """None, one sample's shape (broadcast over the batch) or the latents' shape, exactly."""
     if weight is None:
         return None
-    check_tensor("weight", weight, weight.dim() if isinstance(weight, Tensor) else 1, None, v.device)
-    w = weight.to(v.dtype)
-    d = v.shape[1]
-    if w.numel() == d:
-        return w.reshape(d).contiguous()
-    if w.numel() == v.numel():
-        return w.reshape(v.shape).contiguous()
-    raise ValueError(f"weight must have one sample's shape ({d} elements) or the latents' shape, "
-                     f"got {tuple(weight.shape)}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+    check_tensor("weight", weight, weight.dim(), REAL_FLOAT_DTYPES, v.device)
+    shape = tuple(weight.shape)
+    if shape == sample_shape:
+        return weight.to(v.dtype).reshape(v.shape[1]).contiguous()
+    if shape == (v.shape[0], *sample_shape):
+        return weight.to(v.dtype).reshape(v.shape).contiguous()
+    raise ValueError(f"weight must have one sample's shape {sample_shape} or the latents' shape "
+                     f"{(v.shape[0], *sample_shape)}, got {shape}")
 
 
 def sde_step_logprob(x: Tensor, x_next: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7,
@@ -106,8 +111,10 @@ def sde_step_logprob(x: Tensor, x_next: Tensor, v: Tensor, sigma, sigma_next, no
 
     x, x_next, v: (B, ...) one float dtype; sigma, sigma_next: (B,) or scalars.
     Returns fp32 (B,): mean over dims of log N(x_next; mean, std^2).
-    Differentiable w.r.t. v.
+    Differentiable w.r.t. v (only: x, x_next, sigma requiring grad are refused).
     """
+    check_backend_name(backend)
+    check_no_grad(x=x, x_next=x_next, sigma=sigma, sigma_next=sigma_next)
     v2 = _flat("v", v)
     x2, xn2 = _flat("x", x, v), _flat("x_next", x_next, v)
     sigma, sigma_next = _sigmas(sigma, sigma_next, v2.shape[0], v2.device)
@@ -127,8 +134,11 @@ def sde_step(x: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7, 
     training path recomputes it, so the first-update ratio is 1; it is None for
     noise_level 0.
     """
+    check_backend_name(backend)
     _check_batched("x", x)
     check_tensor("v", v, x.dim(), (x.dtype,), x.device, x.shape)
+    if noise is not None:
+        check_tensor("noise", noise, x.dim(), REAL_FLOAT_DTYPES, x.device, x.shape)
     a = _noise_level(noise_level, allow_zero=True)
     sigma, sigma_next = _sigmas(sigma, sigma_next, x.shape[0], x.device)
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, a)
@@ -138,8 +148,6 @@ def sde_step(x: Tensor, v: Tensor, sigma, sigma_next, noise_level: float = 0.7, 
         return mean.to(x.dtype), mean, std, None
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-    else:
-        check_tensor("noise", noise, x.dim(), None, x.device, x.shape)
     x_next = (mean + std.view(view) * noise.float()).to(x.dtype)
     with torch.no_grad():
         logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, a, backend)
@@ -150,11 +158,14 @@ def velocity_mse(v: Tensor, v_ref: Tensor, weight: Tensor | None = None, backend
     """Per-sample mean over dims of weight * (v - v_ref)^2, fp32 (B,).
 
     v, v_ref: (B, ...) one float dtype; weight: one sample's shape or v's shape.
-    Differentiable w.r.t. v."""
+    Differentiable w.r.t. v (only: v_ref or weight requiring grad are refused)."""
+    check_backend_name(backend)
+    check_no_grad(v_ref=v_ref, weight=weight)
     v2 = _flat("v", v)
     vr2 = _flat("v_ref", v_ref, v)
     be = get_backend(v2.device, backend)
-    _, s2 = SdeRowSumsFn.apply(v2, None, None, None, None, vr2, _weight(weight, v2), False, True, be)
+    _, s2 = SdeRowSumsFn.apply(v2, None, None, None, None, vr2, _weight(weight, v2, tuple(v.shape[1:])),
+                               False, True, be)
     return s2 / v2.shape[1]
 
 
@@ -186,10 +197,11 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
     / (2 s^2)) or "none" (constant zeros). Differentiable w.r.t. v.
     One kernel pass reads v, v_ref, x, x_next once for both sums.
     """
+    check_backend_name(backend)
     if penalty not in PENALTIES:
         raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
-    if not clip_range >= 0:
-        raise ValueError(f"clip_range must be >= 0, got {clip_range}")
+    clip_range = check_scalar("clip_range", clip_range, Bound(lo=0))
+    check_no_grad(x=x, x_next=x_next, v_ref=v_ref, sigma=sigma, sigma_next=sigma_next)
     v2 = _flat("v", v)
     x2, xn2, vr2 = _flat("x", x, v), _flat("x_next", x_next, v), _flat("v_ref", v_ref, v)
     b, d = v2.shape

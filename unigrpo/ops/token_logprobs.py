@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .dispatch import get_backend
-from .validation import check_ids, check_nonempty, check_temperature, check_tensor, rows_contiguous
+from .dispatch import check_backend_name, get_backend
+from .validation import (check_ids, check_nonempty, check_temperature, check_tensor,
+                         refuse_double_backward, rows_contiguous)
 
 
 class TokenLogprobsFn(torch.autograd.Function):
@@ -23,6 +24,7 @@ class TokenLogprobsFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
+        refuse_double_backward("token_logprobs")
         logits, ids, lse, entropy = ctx.saved_tensors
         if grad_logp is None:
             grad_logp = torch.zeros_like(lse)
@@ -50,6 +52,7 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0,
     fp32 (N,) entropy of softmax(logits / temperature). Differentiable w.r.t.
     logits; the gradient has the logits' dtype.
     """
+    check_backend_name(backend)
     logits, ids, inv_temp = prepare_logits(logits, ids, temperature)
     be = get_backend(logits.device, backend)
     logp, entropy = TokenLogprobsFn.apply(logits, ids, inv_temp, return_entropy, be)

@@ -20,7 +20,8 @@ def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: 
     lse = m.squeeze(-1) + log_s
     entropy = None
     if want_entropy:
-        entropy = log_s + (e * (m - z)).sum(-1) / s  # terms >= 0: no cancellation
+        # terms >= 0: no cancellation; a -inf logit (e = 0) adds 0, not 0 * inf
+        entropy = log_s + torch.where(e > 0, e * (m - z), 0.0).sum(-1) / s
     return logp, lse, entropy
 
 
@@ -29,8 +30,8 @@ def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, e
     p = torch.exp(z - lse[:, None])
     grad = -grad_logp[:, None] * p
     grad.scatter_add_(-1, ids[:, None], grad_logp[:, None])
-    if grad_entropy is not None:
-        grad -= grad_entropy[:, None] * p * (z - lse[:, None] + entropy[:, None])
+    if grad_entropy is not None:  # p = 0 where z = -inf: no gradient there, not 0 * inf
+        grad -= torch.where(p > 0, grad_entropy[:, None] * p * (z - lse[:, None] + entropy[:, None]), 0.0)
     return (grad * inv_temp).to(logits.dtype)
 
 
@@ -54,8 +55,9 @@ def sde_row_sums(x, x_next, v, cx, cv, v_ref, weight, want_s1, want_s2):
 
 def sde_row_grad(x, x_next, v, cx, cv, v_ref, weight, a, b):
     grad = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    # a zero coefficient contributes exactly 0 (a weight-0 penalty with a NaN v_ref is not 0 * NaN)
     if a is not None:
-        grad += a[:, None] * _residual(x, x_next, v, cx, cv)
+        grad += torch.where(a[:, None] != 0, a[:, None] * _residual(x, x_next, v, cx, cv), 0.0)
     if b is not None:
-        grad += b[:, None] * _weighted_diff(v, v_ref, weight)
+        grad += torch.where(b[:, None] != 0, b[:, None] * _weighted_diff(v, v_ref, weight), 0.0)
     return grad.to(v.dtype)

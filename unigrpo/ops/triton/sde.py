@@ -109,7 +109,7 @@ def _sde_row_grad_kernel(
         cv = tl.load(cv_ptr + row)
         x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
         xn = tl.load(x_next_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-        acc += a * (xn - cx * x - cv * v)
+        acc += tl.where(a != 0.0, a * (xn - cx * x - cv * v), 0.0)  # a zero coefficient: exactly 0
     if HAS_B:
         b = tl.load(b_ptr + row)
         vr = tl.load(v_ref_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
@@ -117,7 +117,7 @@ def _sde_row_grad_kernel(
         if HAS_W:
             w = tl.load(w_ptr + row * stride_w_row + offs, mask=mask, other=0.0).to(tl.float32)
             d = d * w
-        acc += b * d
+        acc += tl.where(b != 0.0, b * d, 0.0)
     tl.store(grad_ptr + base + offs, acc.to(grad_ptr.dtype.element_ty), mask=mask)
 
 

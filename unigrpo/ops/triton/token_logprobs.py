@@ -72,7 +72,9 @@ def _logprob_fwd_kernel(
 
     log_s = tl.log(s)
     idx = tl.load(ids_ptr + row).to(tl.int64)
-    z_id = tl.load(row_ptr + idx).to(tl.float32) * inv_temp
+    # an id outside [0, V) (unchecked under CUDA-graph capture) reads nothing and gives NaN, as in CUDA
+    in_range = (idx >= 0) & (idx < V)
+    z_id = tl.load(row_ptr + idx, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp
     tl.store(logp_ptr + row, (z_id - m) - log_s)
     tl.store(lse_ptr + row, m + log_s)
     if WANT_ENTROPY:
