@@ -26,7 +26,8 @@ def main(path: str) -> None:
         groups[b["group"] or b["name"]][impl_of(b["name"])] = b
     m = data["machine_info"]
     print(f"Machine: {m.get('cpu', {}).get('brand_raw', m.get('processor'))}, {m.get('cpu', {}).get('count')} cores; "
-          f"python {m['python_version']}; {data['datetime']}\n")
+          f"native CPU kernels at ISA level {m.get('unigrpo_cpu_isa')}; python {m['python_version']}; "
+          f"{data['datetime']}\n")
     print("| group | impl | mean (ms) | speed-up vs reference | peak extra MiB | x logits |")
     print("|---|---|---:|---:|---:|---:|")
     for group in sorted(groups):

@@ -45,6 +45,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight"), py::arg("weight_row_stride"), py::arg("a"), py::arg("b"), py::arg("grad_out"),
         "grad_out = a (x_next - cx x - cv v) + b w (v - v_ref); a = 0 or b = 0 drops that term.");
 
+  m.def("cpu_isa", &unigrpo::cpu::isa_in_use,
+        "The ISA level the kernels run: x86-64-v4 (AVX-512), x86-64-v3 (AVX2) or baseline.");
+  m.def(
+      "cpu_isa_levels",
+      []() {
+        py::list out;
+        for (const char* const* p = unigrpo::cpu::isa_levels_built(); *p; ++p) out.append(*p);
+        return out;
+      },
+      "The ISA levels this module was built with, best first.");
+  m.def("set_cpu_isa", &unigrpo::cpu::set_isa, py::arg("level"),
+        "Run the kernels at `level` from now on (one of cpu_isa_levels(), supported by this CPU); "
+        "the environment variable UNIGRPO_CPU_ISA does the same at load time.");
+
   m.def(
       "set_num_threads",
       [](int n) {

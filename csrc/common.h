@@ -160,24 +160,23 @@ template <> inline fp16_t from_float<fp16_t>(float f) {
 }
 
 // ---------------------------------------------------------------------------
-// Portable SIMD: GCC vector extensions, 16 fp32 lanes. Kernels that use
-// it are compiled with target_clones (UNIGRPO_CLONES): one zmm op per vector
-// op on AVX-512, two ymm ops on AVX2, four xmm ops on baseline x86-64, picked
-// at load time, no -march flag needed. The helpers are always_inline so each
-// clone inlines them with its own ISA (their by-value vector ABI never
+// Portable SIMD: GCC vector extensions of the target's native width. The CPU
+// kernel files (cpu/token_logprobs.cpp, cpu/sde.cpp) are compiled once per ISA
+// level, each into its own namespace (UNIGRPO_ISA) with its own -march and
+// vector width (UNIGRPO_SIMD_BYTES): 64 bytes (16 lanes, zmm) for x86-64-v4,
+// 32 (8 lanes, ymm) for x86-64-v3, 16 (4 lanes, xmm) for baseline x86-64 and
+// other CPUs; cpu/dispatch.cpp picks one at load time. Why not one 16-lane
+// type cloned per ISA: without 512-bit registers GCC lowers the 64-byte
+// vectors' compares and selects (max, the exp clamp) to scalar code, which made
+// the AVX2 path ~10x slower than the AVX-512 one. The helpers are always_inline
+// so each variant inlines them with its own ISA (their by-value vector ABI never
 // matters, hence -Wpsabi is silenced in the files that include this).
 // ---------------------------------------------------------------------------
-
-// -DUNIGRPO_ONLY_ISA=0|3|4 compiles a single variant (baseline, x86-64-v3 or
-// x86-64-v4) instead: for testing each code path on any one machine.
-#if defined(UNIGRPO_ONLY_ISA) && UNIGRPO_ONLY_ISA == 4
-#define UNIGRPO_CLONES __attribute__((target("arch=x86-64-v4")))
-#elif defined(UNIGRPO_ONLY_ISA) && UNIGRPO_ONLY_ISA == 3
-#define UNIGRPO_CLONES __attribute__((target("arch=x86-64-v3")))
-#elif defined(UNIGRPO_ONLY_ISA) || !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
-#define UNIGRPO_CLONES
-#else
-#define UNIGRPO_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#ifndef UNIGRPO_SIMD_BYTES
+#define UNIGRPO_SIMD_BYTES 16
+#endif
+#ifndef UNIGRPO_ISA
+#define UNIGRPO_ISA baseline
 #endif
 #define UNIGRPO_INLINE inline __attribute__((always_inline))
 
@@ -185,17 +184,17 @@ template <> inline fp16_t from_float<fp16_t>(float f) {
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace simd {
 
-constexpr int W = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
+constexpr int W = UNIGRPO_SIMD_BYTES / 4;  // fp32 lanes
+typedef float vf __attribute__((vector_size(UNIGRPO_SIMD_BYTES)));
+typedef int32_t vi __attribute__((vector_size(UNIGRPO_SIMD_BYTES)));
+typedef uint32_t vu __attribute__((vector_size(UNIGRPO_SIMD_BYTES)));
 
 UNIGRPO_INLINE vf splat(float x) { return vf{} + x; }
 UNIGRPO_INLINE vf vmax(const vf& a, const vf& b) { return a > b ? a : b; }
 
 // Kernels move data in pairs of vectors: load2/store2 cover 2W = 32
 // consecutive elements. For 16-bit types the two vectors hold the even and the
-// odd elements: one 64-byte load, then a shift or a mask per vector, no
+// odd elements: one full-width load, then a shift or a mask per vector, no
 // widening or cross-lane shuffles (store2 undoes it the same way). Reductions
 // do not care about the order and element-wise kernels store through store2,
 // so the permutation is invisible. For fp32 they are simply p[0:W], p[W:2W].
@@ -323,26 +322,37 @@ UNIGRPO_INLINE vf exp_clamped(vf& x) {
 #pragma GCC diagnostic pop
 
 // ---------------------------------------------------------------------------
-// CPU entry points (csrc/README.md), defined in cpu/*.cpp and bound in
-// bindings_cpu.cpp. Pointers are addresses (0 = absent); they check their
-// arguments before touching memory and throw std::invalid_argument.
+// CPU entry points (csrc/README.md), bound in bindings_cpu.cpp. Pointers are
+// addresses (0 = absent); they check their arguments before touching memory and
+// throw std::invalid_argument. cpu/token_logprobs.cpp and cpu/sde.cpp define
+// them once per ISA level in namespace cpu::<level>; cpu/dispatch.cpp defines
+// the cpu:: ones, which call the level chosen at load time.
 // ---------------------------------------------------------------------------
+#define UNIGRPO_CPU_ENTRY_POINTS                                                                              \
+  void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,           \
+                       std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse,         \
+                       std::uintptr_t entropy);                                                              \
+  void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,          \
+                        std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,   \
+                        std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out);       \
+  void sde_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,                 \
+                    std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,            \
+                    std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2); \
+  void sde_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,                 \
+                    std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,            \
+                    std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b,    \
+                    std::uintptr_t grad_out);
+
 namespace cpu {
-
-void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                     std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse,
-                     std::uintptr_t entropy);
-void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                      std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,
-                      std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out);
-void sde_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
-                  std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
-                  std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t s1, std::uintptr_t s2);
-void sde_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,
-                  std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,
-                  std::uintptr_t weight, int64_t weight_row_stride, std::uintptr_t a, std::uintptr_t b,
-                  std::uintptr_t grad_out);
-
+UNIGRPO_CPU_ENTRY_POINTS
+namespace x86_64_v4 { UNIGRPO_CPU_ENTRY_POINTS }
+namespace x86_64_v3 { UNIGRPO_CPU_ENTRY_POINTS }
+namespace baseline { UNIGRPO_CPU_ENTRY_POINTS }
+// The ISA levels built into this module, best first, and the one in use.
+const char* const* isa_levels_built();
+const char* isa_in_use();
+// Use `level` (one of isa_levels_built(), and supported by this CPU) from now on.
+void set_isa(const std::string& level);
 }  // namespace cpu
 }  // namespace unigrpo
 

@@ -14,6 +14,7 @@
 
 namespace unigrpo {
 namespace cpu {
+namespace UNIGRPO_ISA {  // compiled once per ISA level (common.h)
 namespace {
 
 using namespace simd;
@@ -53,7 +54,7 @@ UNIGRPO_INLINE vf grad_step(const vf& x, const vf& xn, const vf& v, const vf& vr
 }
 
 template <class T, bool S1, bool S2, bool HW>
-UNIGRPO_CLONES void sums_items(const FlowArgs<T>& p, int64_t item_begin, int64_t item_end, double* part1,
+void sums_items(const FlowArgs<T>& p, int64_t item_begin, int64_t item_end, double* part1,
                                double* part2) {
   for (int64_t it = item_begin; it < item_end; ++it) {
     const int64_t row = it / p.ntiles, d0 = (it % p.ntiles) * kTile;
@@ -97,7 +98,7 @@ UNIGRPO_CLONES void sums_items(const FlowArgs<T>& p, int64_t item_begin, int64_t
 }
 
 template <class T, bool A, bool B, bool HW>
-UNIGRPO_CLONES void grad_items(const FlowArgs<T>& p, int64_t item_begin, int64_t item_end, T* out) {
+void grad_items(const FlowArgs<T>& p, int64_t item_begin, int64_t item_end, T* out) {
   for (int64_t it = item_begin; it < item_end; ++it) {
     const int64_t row = it / p.ntiles, d0 = (it % p.ntiles) * kTile;
     const int64_t len = std::min(kTile, p.D - d0), off = row * p.D + d0;
@@ -281,5 +282,6 @@ void sde_row_grad(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintpt
   }
 }
 
+}  // namespace UNIGRPO_ISA
 }  // namespace cpu
 }  // namespace unigrpo

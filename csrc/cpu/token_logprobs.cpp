@@ -5,8 +5,8 @@
 // same block while it is still in L1, with the running max M and the running
 // sums rescaled whenever M grows. Nothing (N, V) is allocated.
 // Backward: one pass, reads the logits, writes the gradient.
-// Rows are split across OpenMP threads; the inner loops are 16-lane vector
-// code cloned for AVX-512 / AVX2 / baseline x86-64 (see common.h).
+// Rows are split across OpenMP threads; the inner loops are vector code of the
+// ISA level's native width, this file compiled once per level (see common.h).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,6 +18,7 @@
 
 namespace unigrpo {
 namespace cpu {
+namespace UNIGRPO_ISA {  // compiled once per ISA level (common.h)
 namespace {
 
 using namespace simd;
@@ -42,7 +43,7 @@ UNIGRPO_INLINE void prefetch_pair(const T* p) {
 }
 
 template <class T, bool ENT>
-UNIGRPO_CLONES void forward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
+void forward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
                                  int64_t row_stride, const int64_t* __restrict ids, float t,
                                  float* __restrict logp, float* __restrict lse, float* __restrict entropy) {
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -132,7 +133,7 @@ UNIGRPO_INLINE vf grad_vec(const vf& xv, float t, const vf& lv, float cg, float 
 }
 
 template <class T, bool ENT>
-UNIGRPO_CLONES void backward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
+void backward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
                                   int64_t row_stride, const int64_t* __restrict ids,
                                   const float* __restrict lse, float t, const float* __restrict grad_logp,
                                   const float* __restrict grad_entropy, const float* __restrict entropy,
@@ -274,5 +275,6 @@ void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, in
   }
 }
 
+}  // namespace UNIGRPO_ISA
 }  // namespace cpu
 }  // namespace unigrpo

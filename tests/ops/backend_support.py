@@ -17,6 +17,7 @@ magnitude.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -268,14 +269,20 @@ def interp_bf16_ok() -> bool:
 class Backend:
     """One backend module on one device, and the accuracy it is held to."""
 
-    id: str  # test id: native-cpu, triton, native-cuda
+    id: str  # test id: native-cpu, native-cpu-x86-64-v3, native-cpu-baseline, triton, native-cuda
     module_name: str  # under unigrpo.ops.backends
     device: str
     tol: object  # Fp64Bounds or TorchClose
     marks: tuple = ()  # pytest marks of all its cases
+    isa: str | None = None  # native CPU: run at this ISA level (None: the one picked at load)
 
     def __str__(self):
         return self.id
+
+    @property
+    def family(self) -> str:
+        """The id without the ISA level: which shape tables and accuracy apply."""
+        return "native-cpu" if self.isa else self.id
 
     @property
     def mod(self):
@@ -296,10 +303,16 @@ class Backend:
         return [torch.float32, torch.float16, torch.bfloat16]
 
     def require(self):
-        """Skips the calling test where this backend cannot run here; fails where it should."""
+        """Skips the calling test where this backend cannot run here; fails where it should.
+        A lower native CPU level is switched on here (``isa_level`` switches it back)."""
         if self.gpu and not CUDA:
             pytest.skip("needs CUDA")
         if self.module_name in backends_for(self.device):
+            if self.isa:
+                try:
+                    self.mod._C.set_cpu_isa(self.isa)
+                except ValueError as e:  # not built here, or this CPU lacks it
+                    pytest.skip(str(e))
             return
         why = getattr(self.mod, "load_error", None)
         if self.id == "native-cuda" and not os.environ.get("UNIGRPO_SKIP_CUDA"):
@@ -317,7 +330,24 @@ NATIVE_CUDA = Backend(
     # the kernels centre on the max; atol grows with |z| (lse's own rounding is ~ eps |z|)
     TorchClose(logp=(1e-5, 2e-6), lse=(1e-5, 2e-6), ent=(1e-5, 2e-6), out=_out_tol(1e-6), scaled=True),
     marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs CUDA")))
-BACKENDS = (NATIVE_CPU, TRITON, NATIVE_CUDA)
+# the same CPU kernels at the lower ISA levels this machine can also run (csrc/common.h)
+NATIVE_CPU_LEVELS = tuple(Backend(f"native-cpu-{level}", "native", "cpu", Fp64Bounds(), isa=level)
+                          for level in ("x86-64-v3", "baseline"))
+BACKENDS = (NATIVE_CPU, *NATIVE_CPU_LEVELS, TRITON, NATIVE_CUDA)
+
+
+@contextlib.contextmanager
+def isa_level(be):
+    """Runs the block with ``be``'s native CPU ISA level, and restores the one before."""
+    if not be.isa:
+        yield
+        return
+    native = be.mod
+    before = native._C.cpu_isa()
+    try:
+        yield
+    finally:
+        native._C.set_cpu_isa(before)
 
 
 def _id(x) -> str:

@@ -21,7 +21,6 @@ import pytest
 import torch
 from ops.backend_support import (
     LAYOUTS,
-    NATIVE_CPU,
     TRITON,
     WEIGHT_KINDS,
     assert_close_fp32,
@@ -29,6 +28,7 @@ from ops.backend_support import (
     check_backward,
     check_forward,
     check_token,
+    isa_level,
     make_flow_inputs,
     make_logits,
     per_backend,
@@ -41,12 +41,15 @@ from unigrpo.ops.backends import torch_backend as ref
 
 @pytest.fixture(autouse=True)
 def _backend_available(request):
-    request.node.callspec.params["be"].require()
+    be = request.node.callspec.params["be"]
+    with isa_level(be):
+        be.require()
+        yield
 
 
 def _by_backend(be, table, default=None):
-    """table[be.id], else ``default``."""
-    return table.get(be.id, default)
+    """table[be.family], else ``default``."""
+    return table.get(be.family, default)
 
 
 # --------------------------------------------------------------------------- module
@@ -65,7 +68,7 @@ def test_signatures_match_torch_backend(be):
 
 def _sweep(be):
     """(dtype, N, V, layout, inv_temp, want_entropy)."""
-    if be is NATIVE_CPU:
+    if be.family == "native-cpu":
         # unaligned rows give bitwise the dense rows' results (test_native_backend.py)
         return [(d, 3, v, layout, t, e) for d in be.dtypes for v in (1, 7, 1000, 2048, 4099)
                 for layout in ("contig", "stride") for t in (0.5, 1.0, 2.0) for e in (False, True)]
@@ -88,7 +91,7 @@ def test_logprobs(be, dtype, n, v, layout, inv_temp, want_entropy):
 def _single_row(be):
     if be is TRITON:
         return [(torch.float32, v) for v in (1, 300)]
-    vocabs = (1, 33, 4099) if be is NATIVE_CPU else (1, 7, 1000, 4099, 32000, 151936)
+    vocabs = (1, 33, 4099) if be.family == "native-cpu" else (1, 7, 1000, 4099, 32000, 151936)
     return [(d, v) for d in be.dtypes for v in vocabs]
 
 
@@ -109,7 +112,7 @@ def test_single_row(be, dtype, v):
 
 def _large_vocab(be):
     """(dtype, N, V, layout); native-cuda has V = 151936 in test_logprobs."""
-    if be is NATIVE_CPU:
+    if be.family == "native-cpu":
         return [(d, 2, 151936, "contig") for d in (torch.float32, torch.bfloat16)]
     if be is TRITON:
         if not be.gpu:

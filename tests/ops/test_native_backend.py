@@ -45,6 +45,31 @@ def test_module_surface():
     assert _C.get_num_threads() >= 1
 
 
+def test_isa_levels_best_at_load_switchable_and_forced_by_environment():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    levels = _C.cpu_isa_levels()
+    assert levels[-1] == "baseline" and _C.cpu_isa() in levels
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert levels == ["x86-64-v4", "x86-64-v3", "baseline"]
+    best = _C.cpu_isa()
+    try:
+        _C.set_cpu_isa("baseline")
+        assert _C.cpu_isa() == "baseline"
+    finally:
+        _C.set_cpu_isa(best)
+    with pytest.raises(ValueError, match="unknown CPU ISA level 'avx9'; this build has: .*baseline"):
+        _C.set_cpu_isa("avx9")
+    code = "import unigrpo._C as C; print(C.cpu_isa())"
+    for forced in ("baseline", levels[0]):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "UNIGRPO_CPU_ISA": forced},
+                             capture_output=True, text=True, cwd="/", check=True).stdout.strip()
+        assert out == (forced if forced == "baseline" else best)  # a level the CPU lacks falls back to its best
+
+
 def _fresh_native_module():
     import importlib.util
 
