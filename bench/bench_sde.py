@@ -3,7 +3,7 @@ flow_grpo_step_loss, each backend beside the reference, fwd and fwd+bwd."""
 
 import pytest
 import torch
-from benchutil import DEVICE, impls, run
+from benchutil import DEVICE, compiled, impls, record_compile_time, run
 
 from unigrpo import ops
 from unigrpo.ops import reference as R
@@ -22,7 +22,25 @@ def _inputs():
                 adv=torch.randn(B, device=DEVICE))
 
 
+REFERENCES = {  # one function per op, so each gets its own torch.compile (and compile time)
+    "sde_step_logprob": lambda t: R.sde_step_logprob(t["x"], t["xn"], t["v"], t["sig"], t["nxt"], 0.7),
+    "velocity_mse": lambda t: R.velocity_mse(t["v"], t["vr"]),
+    "flow_grpo_step_loss": lambda t: sum(R.flow_grpo_step_loss(t["v"], t["vr"], t["x"], t["xn"], t["sig"], t["nxt"],
+                                                               0.7, t["old"], t["adv"], 1e-4)),
+}
+
+
+def _floor(op, t):
+    """One read of every (B, D) input the op needs (with autograd: one write of v's gradient)."""
+    names = {"sde_step_logprob": ("x", "xn", "v"), "velocity_mse": ("v", "vr")}.get(op, ("x", "xn", "v", "vr"))
+    return sum(t[k].sum(-1) for k in names)
+
+
 def _call(op, impl, t):
+    if impl == "compiled":
+        return compiled(REFERENCES[op])(t)
+    if impl == "floor":
+        return _floor(op, t)
     if op == "sde_step_logprob":
         if impl == "reference":
             return R.sde_step_logprob(t["x"], t["xn"], t["v"], t["sig"], t["nxt"], 0.7)
@@ -57,3 +75,4 @@ def bench_image_side(benchmark, op, passes, impl):
             t["v"].grad = None
 
     run(benchmark, step, rounds=10 if DEVICE == "cpu" else 50)
+    record_compile_time(benchmark, REFERENCES[op])

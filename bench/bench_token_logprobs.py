@@ -3,7 +3,7 @@ reference, forward and forward+backward, with peak extra memory."""
 
 import pytest
 import torch
-from benchutil import DEVICE, impls, run
+from benchutil import DEVICE, PEERS, compiled, impls, record_compile_time, run
 from peak_memory import peak_extra_bytes
 
 from unigrpo import ops
@@ -22,15 +22,45 @@ def _inputs(n, v):
     return logits, ids, old, adv, mask
 
 
+def _ref_grpo(logits, ids, old, adv, mask):
+    return R.grpo_token_loss(R.token_logprobs(logits, ids), old, adv, mask, 0.2, 0.28)
+
+
+def _floor(logits):
+    """The bandwidth floor: one read of the logits (forward); with autograd, a second
+    read and one write of a logits-sized gradient (backward)."""
+    return _ReadWrite.apply(logits)
+
+
+class _ReadWrite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.amax(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.empty_like(x).copy_(x)
+
+
 def _logprobs(impl, logits, ids):
     if impl == "reference":
         return R.token_logprobs(logits, ids, 1.0)
+    if impl == "compiled":
+        return compiled(R.token_logprobs)(logits, ids)
+    if impl == "floor":
+        return _floor(logits)
     return ops.token_logprobs(logits, ids, 1.0, backend=impl)
 
 
 def _grpo(impl, logits, ids, old, adv, mask):
     if impl == "reference":
-        return R.grpo_token_loss(R.token_logprobs(logits, ids), old, adv, mask, 0.2, 0.28)
+        return _ref_grpo(logits, ids, old, adv, mask)
+    if impl == "compiled":
+        return compiled(_ref_grpo)(logits, ids, old, adv, mask)
+    if impl == "floor":
+        return _floor(logits)
     return ops.grpo_token_loss(old, adv, mask, logits=logits, ids=ids, eps_low=0.2, eps_high=0.28,
                                backend=impl).loss
 
@@ -58,7 +88,8 @@ def bench_token_side(benchmark, op, n, v, passes, impl):
             args[0].grad = None
 
     run(benchmark, step, rounds=3 if DEVICE == "cpu" else 20)
-    if passes == "fwd+bwd":
+    record_compile_time(benchmark, R.token_logprobs if op == "token_logprobs" else _ref_grpo)
+    if passes == "fwd+bwd" and impl not in PEERS:
         setup = (f"import torch\nfrom unigrpo import ops\nfrom unigrpo.ops import reference as R\n"
                  f"n, v = (4, 1000) if 'SMALL' in globals() else ({n}, {v})\n"
                  f"x = torch.randn(n, v, device='{DEVICE}').to({DTYPE}).requires_grad_(True)\n"
@@ -81,6 +112,8 @@ def bench_token_side(benchmark, op, n, v, passes, impl):
 @pytest.mark.parametrize("n", [1024, 4096])
 def bench_fused_linear_memory_flat_in_n(benchmark, impl, n):
     """Peak extra memory of fused_linear_token_logprobs fwd+bwd vs N (V=32000, H=512)."""
+    if impl in PEERS:
+        pytest.skip("peers are timed on the token-side ops")
     v, h = 32000, 512
     benchmark.group = f"fused_linear_token_logprobs N={n} V={v} H={h} fwd+bwd"
     setup = (f"import torch\nfrom unigrpo import ops\nfrom unigrpo.ops import reference as R\n"

@@ -16,7 +16,7 @@ def impl_of(name: str) -> str:
     if not found:
         return "-"
     params = found.group(1).split("-")
-    return next((p for p in params if p in ("reference", "native", "triton", "torch")), params[-1])
+    return next((p for p in params if p in ("reference", "compiled", "floor", "native", "triton", "torch")), params[-1])
 
 
 def main(path: str) -> None:
@@ -28,18 +28,26 @@ def main(path: str) -> None:
     print(f"Machine: {m.get('cpu', {}).get('brand_raw', m.get('processor'))}, {m.get('cpu', {}).get('count')} cores; "
           f"native CPU kernels at ISA level {m.get('unigrpo_cpu_isa')}; python {m['python_version']}; "
           f"{data['datetime']}\n")
-    print("| group | impl | mean (ms) | speed-up vs reference | peak extra MiB | x logits |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| group | impl | mean (ms) | speed-up vs reference | vs torch.compile of it | x the read floor "
+          "| peak extra MiB | x logits |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def ratio(a, b):  # how many times faster b is than a
+        return f"{a['stats']['mean'] / b['stats']['mean']:.2f}x" if a and b else "-"
+
     for group in sorted(groups):
         rows = groups[group]
-        ref = rows.get("reference")
-        for impl in sorted(rows, key=lambda k: (k != "reference", k)):
+        ref, comp, floor = rows.get("reference"), rows.get("compiled"), rows.get("floor")
+        order = ("reference", "compiled", "floor")
+        for impl in sorted(rows, key=lambda k: (order.index(k) if k in order else 3, k)):
             b = rows[impl]
             mean = b["stats"]["mean"] * 1e3
-            speed = f"{ref['stats']['mean'] / b['stats']['mean']:.2f}x" if ref else "-"
             info = b.get("extra_info", {})
-            print(f"| {group} | {impl} | {mean:.2f} | {speed} | {info.get('peak_extra_MiB', '')} | "
-                  f"{info.get('peak_extra_x_logits', '')} |")
+            if impl == "compiled" and info.get("compile_s") is not None:
+                impl = f"compiled (compile {info['compile_s']} s, apart)"
+            of_floor = f"{b['stats']['mean'] / floor['stats']['mean']:.2f}" if floor else "-"
+            print(f"| {group} | {impl} | {mean:.2f} | {ratio(ref, b)} | {ratio(comp, b)} | {of_floor} | "
+                  f"{info.get('peak_extra_MiB', '')} | {info.get('peak_extra_x_logits', '')} |")
 
 
 if __name__ == "__main__":
