@@ -19,7 +19,7 @@ using std::uintptr_t;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "unigrpo CPU kernels (raw pointers, sizes and dtype codes; see csrc/README.md)";
-  m.attr("ABI_VERSION") = 1;
+  m.attr("ABI_VERSION") = 2;  // 2: lse_parts (N, 2) replaced lse (N,)
   m.attr("DTYPE_FLOAT32") = int(unigrpo::kFloat32);
   m.attr("DTYPE_FLOAT16") = int(unigrpo::kFloat16);
   m.attr("DTYPE_BFLOAT16") = int(unigrpo::kBFloat16);
@@ -28,11 +28,11 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("logprob_forward", &unigrpo::cpu::logprob_forward, nogil, py::arg("logits"), py::arg("dtype"),
         py::arg("N"), py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("inv_temp"), py::arg("logp"),
-        py::arg("lse"), py::arg("entropy"),
-        "logp = z[ids] - lse, lse = logsumexp(z), entropy (if entropy != 0) for z = logits * inv_temp; "
-        "one pass over each row.");
+        py::arg("lse_parts"), py::arg("entropy"),
+        "logp = z[ids] - lse, lse_parts (N, 2) = [max z, log sum exp(z - max z)] (lse = their sum, kept "
+        "apart), entropy (if entropy != 0) for z = logits * inv_temp; one pass over each row.");
   m.def("logprob_backward", &unigrpo::cpu::logprob_backward, nogil, py::arg("logits"), py::arg("dtype"),
-        py::arg("N"), py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("lse"), py::arg("inv_temp"),
+        py::arg("N"), py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("lse_parts"), py::arg("inv_temp"),
         py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("entropy"), py::arg("grad_out"),
         "grad_out (N, V, contiguous, logits dtype) = d(logp, entropy)/d logits applied to (grad_logp, "
         "grad_entropy); grad_entropy = 0 means no entropy term.");

@@ -71,7 +71,7 @@ T* as(ptr_t p) {
 cudaStream_t as_stream(ptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 void logprob_forward(ptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride, ptr_t ids, double inv_temp,
-                     ptr_t logp, ptr_t lse, ptr_t entropy, ptr_t stream) {
+                     ptr_t logp, ptr_t lse_parts, ptr_t entropy, ptr_t stream) {
   check_dtype(dtype);
   check_positive("N", N);
   check_positive("V", V);
@@ -81,15 +81,15 @@ void logprob_forward(ptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_
   check_ptr("ids", ids, true, 8);
   check_inv_temp(inv_temp);
   check_ptr("logp", logp, true, 4);
-  check_ptr("lse", lse, true, 4);
+  check_ptr("lse_parts", lse_parts, true, 4);
   check_ptr("entropy", entropy, false, 4);
   check_launch(uc::launch_logprob_forward(as<const void>(logits), dtype, N, V, row_stride, as<const int64_t>(ids),
-                                          static_cast<float>(inv_temp), as<float>(logp), as<float>(lse),
+                                          static_cast<float>(inv_temp), as<float>(logp), as<float>(lse_parts),
                                           as<float>(entropy), as_stream(stream)),
                "logprob_forward");
 }
 
-void logprob_backward(ptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride, ptr_t ids, ptr_t lse,
+void logprob_backward(ptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride, ptr_t ids, ptr_t lse_parts,
                       double inv_temp, ptr_t grad_logp, ptr_t grad_entropy, ptr_t entropy, ptr_t grad_out,
                       ptr_t stream) {
   check_dtype(dtype);
@@ -99,14 +99,14 @@ void logprob_backward(ptr_t logits, int dtype, int64_t N, int64_t V, int64_t row
     bad("row_stride must be >= V (" + std::to_string(V) + "), got " + std::to_string(row_stride));
   check_ptr("logits", logits, true, elem_size(dtype));
   check_ptr("ids", ids, true, 8);
-  check_ptr("lse", lse, true, 4);
+  check_ptr("lse_parts", lse_parts, true, 4);
   check_inv_temp(inv_temp);
   check_ptr("grad_logp", grad_logp, true, 4);
   check_ptr("grad_entropy", grad_entropy, false, 4);
   check_ptr("entropy", entropy, grad_entropy != 0, 4);  // needed by the entropy term
   check_ptr("grad_out", grad_out, true, elem_size(dtype));
   check_launch(uc::launch_logprob_backward(as<const void>(logits), dtype, N, V, row_stride, as<const int64_t>(ids),
-                                           as<const float>(lse), static_cast<float>(inv_temp),
+                                           as<const float>(lse_parts), static_cast<float>(inv_temp),
                                            as<const float>(grad_logp), as<const float>(grad_entropy),
                                            as<const float>(entropy), as<void>(grad_out), as_stream(stream)),
                "logprob_backward");
@@ -180,14 +180,15 @@ int device_count() {
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "unigrpo CUDA kernels (torch-free; see csrc/README.md)";
+  m.attr("ABI_VERSION") = 2;  // 2: lse_parts (N, 2) replaced lse (N,)
   using rel = py::call_guard<py::gil_scoped_release>;
 
   m.def("logprob_forward", &logprob_forward, rel(), py::arg("logits"), py::arg("dtype"), py::arg("N"), py::arg("V"),
-        py::arg("row_stride"), py::arg("ids"), py::arg("inv_temp"), py::arg("logp"), py::arg("lse"),
+        py::arg("row_stride"), py::arg("ids"), py::arg("inv_temp"), py::arg("logp"), py::arg("lse_parts"),
         py::arg("entropy"), py::arg("stream"),
-        "logp = z[id] - lse, lse = logsumexp(z), entropy (if entropy != 0); z = logits * inv_temp.");
+        "logp = z[id] - lse, lse_parts (N, 2) = [max z, log sum exp(z - max z)] (lse = their sum), entropy (if entropy != 0); z = logits * inv_temp.");
   m.def("logprob_backward", &logprob_backward, rel(), py::arg("logits"), py::arg("dtype"), py::arg("N"),
-        py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("lse"), py::arg("inv_temp"),
+        py::arg("V"), py::arg("row_stride"), py::arg("ids"), py::arg("lse_parts"), py::arg("inv_temp"),
         py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("entropy"), py::arg("grad_out"), py::arg("stream"),
         "grad_out = inv_temp * (g_logp * (onehot - p) - g_ent * p * (z - lse + H)), (N, V) contiguous.");
   m.def("sde_row_sums", &sde_row_sums, rel(), py::arg("dtype"), py::arg("B"), py::arg("D"), py::arg("x"),

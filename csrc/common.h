@@ -330,10 +330,11 @@ UNIGRPO_INLINE vf exp_clamped(vf& x) {
 // ---------------------------------------------------------------------------
 #define UNIGRPO_CPU_ENTRY_POINTS                                                                              \
   void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,           \
-                       std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse,         \
+                       std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse_parts,   \
                        std::uintptr_t entropy);                                                              \
   void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,          \
-                        std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,   \
+                        std::uintptr_t ids, std::uintptr_t lse_parts, double inv_temp,                      \
+                        std::uintptr_t grad_logp,                                                            \
                         std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out);       \
   void sde_row_sums(int dtype, int64_t B, int64_t D, std::uintptr_t x, std::uintptr_t x_next,                 \
                     std::uintptr_t v, std::uintptr_t cx, std::uintptr_t cv, std::uintptr_t v_ref,            \

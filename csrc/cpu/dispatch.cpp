@@ -96,15 +96,15 @@ void set_isa(const std::string& level) {
 }
 
 void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                     std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse,
+                     std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse_parts,
                      std::uintptr_t entropy) {
-  use().logprob_forward(logits, dtype, N, V, row_stride, ids, inv_temp, logp, lse, entropy);
+  use().logprob_forward(logits, dtype, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy);
 }
 
 void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                      std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,
+                      std::uintptr_t ids, std::uintptr_t lse_parts, double inv_temp, std::uintptr_t grad_logp,
                       std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out) {
-  use().logprob_backward(logits, dtype, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy, entropy,
+  use().logprob_backward(logits, dtype, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy,
                          grad_out);
 }
 

@@ -45,7 +45,7 @@ UNIGRPO_INLINE void prefetch_pair(const T* p) {
 template <class T, bool ENT>
 void forward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
                                  int64_t row_stride, const int64_t* __restrict ids, float t,
-                                 float* __restrict logp, float* __restrict lse, float* __restrict entropy) {
+                                 float* __restrict logp, float* __restrict lse_parts, float* __restrict entropy) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const T* x = logits + r * row_stride;
     float M = kNegInf;    // running max of z = x * t
@@ -114,19 +114,19 @@ void forward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end
     }
     if (has_nan) S = std::numeric_limits<double>::quiet_NaN();
     const double log_s = std::log(S);
-    const double lse_r = double(M) + log_s;
-    lse[r] = float(lse_r);
+    lse_parts[2 * r] = M;  // lse = M + log S, kept apart: the backward's z - lse stays exact at any |z|
+    lse_parts[2 * r + 1] = float(log_s);
     const float z_id = to_float(x[ids[r]]) * t;
-    logp[r] = float(double(z_id) - lse_r);
+    logp[r] = float((double(z_id) - double(M)) - log_s);
     // entropy = lse - sum p z = log S - sum p (z - M): no cancellation for large |z|.
     if (ENT) entropy[r] = float(log_s - Q / S);
   }
 }
 
-// grad = t * (g * (onehot - p) - ge * p * (d + H)), d = z - lse, p = exp(d).
+// grad = t * (g * (onehot - p) - ge * p * (d + H)), d = (z - M) - log S = z - lse, p = exp(d).
 template <bool ENT>
-UNIGRPO_INLINE vf grad_vec(const vf& xv, float t, const vf& lv, float cg, float cge, float H) {
-  vf d = xv * t - lv;
+UNIGRPO_INLINE vf grad_vec(const vf& xv, float t, const vf& mv, float ls, float cg, float cge, float H) {
+  vf d = (xv * t - mv) - ls;
   const vf p = exp_clamped(d);
   if (ENT) return p * (cg + cge * (d + H));
   return p * cg;
@@ -135,43 +135,43 @@ UNIGRPO_INLINE vf grad_vec(const vf& xv, float t, const vf& lv, float cg, float 
 template <class T, bool ENT>
 void backward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_end, int64_t V,
                                   int64_t row_stride, const int64_t* __restrict ids,
-                                  const float* __restrict lse, float t, const float* __restrict grad_logp,
+                                  const float* __restrict lse_parts, float t, const float* __restrict grad_logp,
                                   const float* __restrict grad_entropy, const float* __restrict entropy,
                                   T* __restrict out) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const T* x = logits + r * row_stride;
     T* o = out + r * V;
-    const float l = lse[r], g = grad_logp[r];
+    const float m = lse_parts[2 * r], ls = lse_parts[2 * r + 1], g = grad_logp[r];
     const float ge = ENT ? grad_entropy[r] : 0.0f;
     const float H = ENT ? entropy[r] : 0.0f;
     const float cg = -g * t, cge = -ge * t;
-    const vf lv = splat(l);
+    const vf mv = splat(m);
     const int64_t npair = V & ~int64_t(W2 - 1);
     const int rem = int(V - npair);
     vf a, b;
     if (ENT && ge != 0.0f) {
       for (int64_t i = 0; i < npair; i += W2) {
         load2(x + i, a, b);
-        store2(o + i, grad_vec<true>(a, t, lv, cg, cge, H), grad_vec<true>(b, t, lv, cg, cge, H));
+        store2(o + i, grad_vec<true>(a, t, mv, ls, cg, cge, H), grad_vec<true>(b, t, mv, ls, cg, cge, H));
       }
       if (rem) {
         load2_partial(x + npair, rem, 0.0f, a, b);
-        store2_partial(o + npair, rem, grad_vec<true>(a, t, lv, cg, cge, H), grad_vec<true>(b, t, lv, cg, cge, H));
+        store2_partial(o + npair, rem, grad_vec<true>(a, t, mv, ls, cg, cge, H), grad_vec<true>(b, t, mv, ls, cg, cge, H));
       }
     } else {
       for (int64_t i = 0; i < npair; i += W2) {
         load2(x + i, a, b);
-        store2(o + i, grad_vec<false>(a, t, lv, cg, cge, H), grad_vec<false>(b, t, lv, cg, cge, H));
+        store2(o + i, grad_vec<false>(a, t, mv, ls, cg, cge, H), grad_vec<false>(b, t, mv, ls, cg, cge, H));
       }
       if (rem) {
         load2_partial(x + npair, rem, 0.0f, a, b);
-        store2_partial(o + npair, rem, grad_vec<false>(a, t, lv, cg, cge, H),
-                       grad_vec<false>(b, t, lv, cg, cge, H));
+        store2_partial(o + npair, rem, grad_vec<false>(a, t, mv, ls, cg, cge, H),
+                       grad_vec<false>(b, t, mv, ls, cg, cge, H));
       }
     }
     // The target token: redo it in fp32 with the one-hot term before the single rounding.
     const int64_t id = ids[r];
-    vf d = splat(to_float(x[id]) * t - l);
+    vf d = splat((to_float(x[id]) * t - m) - ls);
     const float p = exp_clamped(d)[0];
     float val = g - g * p;
     if (ENT && ge != 0.0f) val -= ge * p * (d[0] + H);
@@ -181,27 +181,29 @@ void backward_rows(const T* __restrict logits, int64_t row_begin, int64_t row_en
 
 template <class T>
 void forward_dispatch(std::uintptr_t logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids,
-                      float t, float* logp, float* lse, float* entropy) {
+                      float t, float* logp, float* lse_parts, float* entropy) {
   const T* x = reinterpret_cast<const T*>(logits);
   parallel_chunks(N, V, [&](int64_t begin, int64_t end) {
     if (entropy)
-      forward_rows<T, true>(x, begin, end, V, row_stride, ids, t, logp, lse, entropy);
+      forward_rows<T, true>(x, begin, end, V, row_stride, ids, t, logp, lse_parts, entropy);
     else
-      forward_rows<T, false>(x, begin, end, V, row_stride, ids, t, logp, lse, entropy);
+      forward_rows<T, false>(x, begin, end, V, row_stride, ids, t, logp, lse_parts, entropy);
   });
 }
 
 template <class T>
 void backward_dispatch(std::uintptr_t logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids,
-                       const float* lse, float t, const float* grad_logp, const float* grad_entropy,
+                       const float* lse_parts, float t, const float* grad_logp, const float* grad_entropy,
                        const float* entropy, std::uintptr_t grad_out) {
   const T* x = reinterpret_cast<const T*>(logits);
   T* out = reinterpret_cast<T*>(grad_out);
   parallel_chunks(N, V, [&](int64_t begin, int64_t end) {
     if (grad_entropy)
-      backward_rows<T, true>(x, begin, end, V, row_stride, ids, lse, t, grad_logp, grad_entropy, entropy, out);
+      backward_rows<T, true>(x, begin, end, V, row_stride, ids, lse_parts, t, grad_logp, grad_entropy, entropy,
+                             out);
     else
-      backward_rows<T, false>(x, begin, end, V, row_stride, ids, lse, t, grad_logp, grad_entropy, entropy, out);
+      backward_rows<T, false>(x, begin, end, V, row_stride, ids, lse_parts, t, grad_logp, grad_entropy, entropy,
+                              out);
   });
 }
 
@@ -234,16 +236,16 @@ void check_ids(const char* fn, const int64_t* ids, int64_t N, int64_t V) {
 }  // namespace
 
 void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                     std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse,
+                     std::uintptr_t ids, double inv_temp, std::uintptr_t logp, std::uintptr_t lse_parts,
                      std::uintptr_t entropy) {
   const char* fn = "logprob_forward";
   const float t = check_common(fn, logits, dtype, N, V, row_stride, ids, inv_temp);
   check_nonnull(fn, "logp", logp);
-  check_nonnull(fn, "lse", lse);
+  check_nonnull(fn, "lse_parts", lse_parts);
   const int64_t* id = reinterpret_cast<const int64_t*>(ids);
   check_ids(fn, id, N, V);
   float* lp = reinterpret_cast<float*>(logp);
-  float* ls = reinterpret_cast<float*>(lse);
+  float* ls = reinterpret_cast<float*>(lse_parts);
   float* ent = reinterpret_cast<float*>(entropy);
   switch (dtype) {
     case kFloat32: forward_dispatch<float>(logits, N, V, row_stride, id, t, lp, ls, ent); break;
@@ -253,17 +255,17 @@ void logprob_forward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int
 }
 
 void logprob_backward(std::uintptr_t logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                      std::uintptr_t ids, std::uintptr_t lse, double inv_temp, std::uintptr_t grad_logp,
+                      std::uintptr_t ids, std::uintptr_t lse_parts, double inv_temp, std::uintptr_t grad_logp,
                       std::uintptr_t grad_entropy, std::uintptr_t entropy, std::uintptr_t grad_out) {
   const char* fn = "logprob_backward";
   const float t = check_common(fn, logits, dtype, N, V, row_stride, ids, inv_temp);
-  check_nonnull(fn, "lse", lse);
+  check_nonnull(fn, "lse_parts", lse_parts);
   check_nonnull(fn, "grad_logp", grad_logp);
   if (grad_entropy != 0) check_nonnull(fn, "entropy", entropy);
   check_nonnull(fn, "grad_out", grad_out);
   const int64_t* id = reinterpret_cast<const int64_t*>(ids);
   check_ids(fn, id, N, V);
-  const float* ls = reinterpret_cast<const float*>(lse);
+  const float* ls = reinterpret_cast<const float*>(lse_parts);
   const float* gl = reinterpret_cast<const float*>(grad_logp);
   const float* ge = reinterpret_cast<const float*>(grad_entropy);
   const float* ent = reinterpret_cast<const float*>(entropy);

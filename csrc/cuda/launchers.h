@@ -13,16 +13,16 @@ namespace unigrpo {
 namespace cuda {
 
 // logits: (N, V) rows of `dtype` at `row_stride` elements; ids: (N,) int64.
-// Writes logp, lse and (if non-null) entropy, all (N,) fp32. A row whose id is
+// Writes logp, entropy (if non-null), (N,) fp32, and lse_parts (N, 2) fp32 = [max z, log sum exp(z - max z)]. A row whose id is
 // outside [0, V) gets logp = NaN (kernels cannot raise).
 cudaError_t launch_logprob_forward(const void* logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                                   const int64_t* ids, float inv_temp, float* logp, float* lse, float* entropy,
+                                   const int64_t* ids, float inv_temp, float* logp, float* lse_parts, float* entropy,
                                    cudaStream_t stream);
 
 // grad_out: contiguous (N, V) of `dtype`. grad_logp null counts as 0;
 // grad_entropy null drops the entropy term (else entropy must be non-null).
 cudaError_t launch_logprob_backward(const void* logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                                    const int64_t* ids, const float* lse, float inv_temp, const float* grad_logp,
+                                    const int64_t* ids, const float* lse_parts, float inv_temp, const float* grad_logp,
                                     const float* grad_entropy, const float* entropy, void* grad_out,
                                     cudaStream_t stream);
 

@@ -1,10 +1,10 @@
 // Per-token log-probabilities (and entropy) over a vocabulary, CUDA.
 //
 // Contract (unigrpo/ops/backends/__init__.py), math in fp32:
-//   forward   z = logits * inv_temp, lse = logsumexp(z), logp = z[id] - lse,
-//             entropy = lse - sum(softmax(z) * z)
-//   backward  p = exp(z - lse)
-//             grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (z - lse + H))
+//   forward   z = logits * inv_temp, m = max z, s = sum exp(z - m), lse = m + log s,
+//             logp = z[id] - lse, lse_parts = [m, log s] (kept apart), entropy = lse - sum(softmax(z) * z)
+//   backward  q = (z - m) - log s (= z - lse, exact at any |z|), p = exp(q)
+//             grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (q + H))
 //
 // Forward: one row per CTA (or per warp when a row is at most 8 KB), a single
 // online pass over V with 16-byte loads. Each thread keeps a running max m,
@@ -157,14 +157,15 @@ __device__ __forceinline__ void warp_merge(float& m, float& s, float& t) {
   }
 }
 
-// Final (m, s, t) of a row -> logp, lse, entropy (one thread).
+// Final (m, s, t) of a row -> logp, lse_parts, entropy (one thread).
 template <typename T, bool ENT>
 __device__ __forceinline__ void finish_row(const T* __restrict__ row, int64_t V, int64_t r, const int64_t* __restrict__ ids,
                                            float inv_temp, float m, float s, float t, float* __restrict__ logp,
-                                           float* __restrict__ lse, float* __restrict__ entropy) {
+                                           float* __restrict__ lse_parts, float* __restrict__ entropy) {
   // s >= 1 for a finite row; log in double: once per row, and independent of fast-math.
   const float ls = static_cast<float>(log(static_cast<double>(s)));
-  lse[r] = m + ls;
+  lse_parts[2 * r] = m;  // lse = m + ls, kept apart: the backward's z - lse stays exact at any |z|
+  lse_parts[2 * r + 1] = ls;
   const int64_t id = ids[r];
   float lp = __int_as_float(0x7fc00000);  // NaN: id out of range
   if (id >= 0 && id < V) lp = (__fmul_rn(load_f(row + id), inv_temp) - m) - ls;
@@ -177,7 +178,7 @@ template <typename T, bool ENT, int BLOCK>
 __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) logprob_fwd_block_kernel(const T* __restrict__ logits, int64_t N, int64_t V,
                                                                   int64_t row_stride, const int64_t* __restrict__ ids,
                                                                   float inv_temp, float* __restrict__ logp,
-                                                                  float* __restrict__ lse,
+                                                                  float* __restrict__ lse_parts,
                                                                   float* __restrict__ entropy) {
   __shared__ float sh_m[32], sh_s[32], sh_t[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) logprob_fwd_block_kernel(
       s = lane < kWarps ? sh_s[lane] : 0.f;
       t = lane < kWarps ? sh_t[lane] : 0.f;
       warp_merge<ENT>(m, s, t);
-      if (lane == 0) finish_row<T, ENT>(row, V, r, ids, inv_temp, m, s, t, logp, lse, entropy);
+      if (lane == 0) finish_row<T, ENT>(row, V, r, ids, inv_temp, m, s, t, logp, lse_parts, entropy);
     }
     __syncthreads();  // shared memory is reused by the next row
   }
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK) logprob_fwd_block_kernel(
 template <typename T, bool ENT>
 __global__ void __launch_bounds__(32 * kRowsPerWarpCta, 4) logprob_fwd_warp_kernel(
     const T* __restrict__ logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* __restrict__ ids,
-    float inv_temp, float* __restrict__ logp, float* __restrict__ lse, float* __restrict__ entropy) {
+    float inv_temp, float* __restrict__ logp, float* __restrict__ lse_parts, float* __restrict__ entropy) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerWarpCta + warp; r < N;
        r += static_cast<int64_t>(gridDim.x) * kRowsPerWarpCta) {
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(32 * kRowsPerWarpCta, 4) logprob_fwd_warp_kern
     float m = kNegBig, s = 0.f, t = 0.f;
     row_partial<T, ENT>(row, V, inv_temp, lane, 32, m, s, t);
     warp_merge<ENT>(m, s, t);
-    if (lane == 0) finish_row<T, ENT>(row, V, r, ids, inv_temp, m, s, t, logp, lse, entropy);
+    if (lane == 0) finish_row<T, ENT>(row, V, r, ids, inv_temp, m, s, t, logp, lse_parts, entropy);
   }
 }
 
@@ -224,44 +225,44 @@ constexpr int64_t kMaxGridX = 1 << 30;
 
 template <typename T, bool ENT>
 void forward_impl(const T* logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids, float inv_temp,
-                  float* logp, float* lse, float* entropy, cudaStream_t stream) {
+                  float* logp, float* lse_parts, float* entropy, cudaStream_t stream) {
   if (V * static_cast<int64_t>(sizeof(T)) <= kWarpRowBytes) {
     const int64_t grid = std::min<int64_t>((N + kRowsPerWarpCta - 1) / kRowsPerWarpCta, kMaxGridX);
     logprob_fwd_warp_kernel<T, ENT><<<static_cast<unsigned>(grid), 32 * kRowsPerWarpCta, 0, stream>>>(
-        logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy);
+        logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy);
     return;
   }
   const int64_t grid = std::min<int64_t>(N, kMaxGridX);
   // Few rows: bigger CTAs keep more bytes in flight per row.
   if (N < current_sm_count()) {
     logprob_fwd_block_kernel<T, ENT, 1024><<<static_cast<unsigned>(grid), 1024, 0, stream>>>(
-        logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy);
+        logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy);
   } else {
     logprob_fwd_block_kernel<T, ENT, 256><<<static_cast<unsigned>(grid), 256, 0, stream>>>(
-        logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy);
+        logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy);
   }
 }
 
 template <typename T>
 void forward_dispatch(const void* logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids,
-                      float inv_temp, float* logp, float* lse, float* entropy, cudaStream_t stream) {
+                      float inv_temp, float* logp, float* lse_parts, float* entropy, cudaStream_t stream) {
   const T* x = static_cast<const T*>(logits);
   if (entropy != nullptr)
-    forward_impl<T, true>(x, N, V, row_stride, ids, inv_temp, logp, lse, entropy, stream);
+    forward_impl<T, true>(x, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy, stream);
   else
-    forward_impl<T, false>(x, N, V, row_stride, ids, inv_temp, logp, lse, entropy, stream);
+    forward_impl<T, false>(x, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy, stream);
 }
 
 // ----------------------------------------------------------------- backward
 
 struct BwdRow {
-  float inv_temp, lse, A, B, ig;  // grad = p * (A + B q) (+ ig at id), q = z - lse
+  float inv_temp, m, ls, A, B, ig;  // grad = p * (A + B q) (+ ig at id), q = (z - m) - ls = z - lse
   int64_t id;
 };
 
 template <bool ENT>
 __device__ __forceinline__ float grad_elem(float x, const BwdRow& c) {
-  float q = __fmul_rn(x, c.inv_temp) - c.lse;
+  float q = __fsub_rn(__fmul_rn(x, c.inv_temp) - c.m, c.ls);
   q = (q < -200.f) ? -200.f : q;  // exp underflows to 0 anyway; keeps B * q finite for z = -inf
   const float p = exp_accurate(q);
   return ENT ? p * fmaf(c.B, q, c.A) : p * c.A;
@@ -330,7 +331,7 @@ __device__ __forceinline__ void grad_row(const T* __restrict__ in, T* __restrict
 
 template <bool ENT>
 __device__ __forceinline__ BwdRow bwd_row_consts(int64_t r, const int64_t* __restrict__ ids,
-                                                 const float* __restrict__ lse, float inv_temp,
+                                                 const float* __restrict__ lse_parts, float inv_temp,
                                                  const float* __restrict__ grad_logp,
                                                  const float* __restrict__ grad_entropy,
                                                  const float* __restrict__ entropy) {
@@ -339,7 +340,8 @@ __device__ __forceinline__ BwdRow bwd_row_consts(int64_t r, const int64_t* __res
   const float ge = ENT ? grad_entropy[r] : 0.f;
   const float h = ENT ? entropy[r] : 0.f;
   c.inv_temp = inv_temp;
-  c.lse = lse[r];
+  c.m = lse_parts[2 * r];
+  c.ls = lse_parts[2 * r + 1];
   c.A = ENT ? -inv_temp * fmaf(ge, h, gl) : -inv_temp * gl;
   c.B = -inv_temp * ge;
   c.ig = inv_temp * gl;
@@ -353,10 +355,10 @@ constexpr int kBwdBlock = 256;
 template <typename T, bool ENT>
 __global__ void __launch_bounds__(kBwdBlock, 4) logprob_bwd_block_kernel(
     const T* __restrict__ logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* __restrict__ ids,
-    const float* __restrict__ lse, float inv_temp, const float* __restrict__ grad_logp,
+    const float* __restrict__ lse_parts, float inv_temp, const float* __restrict__ grad_logp,
     const float* __restrict__ grad_entropy, const float* __restrict__ entropy, T* __restrict__ grad_out) {
   for (int64_t r = blockIdx.y; r < N; r += gridDim.y) {
-    const BwdRow c = bwd_row_consts<ENT>(r, ids, lse, inv_temp, grad_logp, grad_entropy, entropy);
+    const BwdRow c = bwd_row_consts<ENT>(r, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy);
     grad_row<T, ENT>(logits + r * row_stride, grad_out + r * V, V, c, threadIdx.x, kBwdBlock, blockIdx.x,
                      gridDim.x);
   }
@@ -365,24 +367,24 @@ __global__ void __launch_bounds__(kBwdBlock, 4) logprob_bwd_block_kernel(
 template <typename T, bool ENT>
 __global__ void __launch_bounds__(32 * kRowsPerWarpCta, 4) logprob_bwd_warp_kernel(
     const T* __restrict__ logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* __restrict__ ids,
-    const float* __restrict__ lse, float inv_temp, const float* __restrict__ grad_logp,
+    const float* __restrict__ lse_parts, float inv_temp, const float* __restrict__ grad_logp,
     const float* __restrict__ grad_entropy, const float* __restrict__ entropy, T* __restrict__ grad_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerWarpCta + warp; r < N;
        r += static_cast<int64_t>(gridDim.x) * kRowsPerWarpCta) {
-    const BwdRow c = bwd_row_consts<ENT>(r, ids, lse, inv_temp, grad_logp, grad_entropy, entropy);
+    const BwdRow c = bwd_row_consts<ENT>(r, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy);
     grad_row<T, ENT>(logits + r * row_stride, grad_out + r * V, V, c, lane, 32, 0, 1);
   }
 }
 
 template <typename T, bool ENT>
-void backward_impl(const T* logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids, const float* lse,
+void backward_impl(const T* logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids, const float* lse_parts,
                    float inv_temp, const float* grad_logp, const float* grad_entropy, const float* entropy,
                    T* grad_out, cudaStream_t stream) {
   if (V * static_cast<int64_t>(sizeof(T)) <= kWarpRowBytes) {
     const int64_t grid = std::min<int64_t>((N + kRowsPerWarpCta - 1) / kRowsPerWarpCta, kMaxGridX);
     logprob_bwd_warp_kernel<T, ENT><<<static_cast<unsigned>(grid), 32 * kRowsPerWarpCta, 0, stream>>>(
-        logits, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy, entropy, grad_out);
+        logits, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy, grad_out);
     return;
   }
   constexpr int VEC = VecTraits<T>::kVec;
@@ -393,36 +395,36 @@ void backward_impl(const T* logits, int64_t N, int64_t V, int64_t row_stride, co
   const int64_t max_parts = std::max<int64_t>(1, (V / VEC + kBwdBlock * kBwdUnroll - 1) / (kBwdBlock * kBwdUnroll));
   const int64_t gx = std::min<int64_t>(max_parts, std::max<int64_t>(1, target / gy));
   logprob_bwd_block_kernel<T, ENT><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kBwdBlock, 0,
-                                     stream>>>(logits, N, V, row_stride, ids, lse, inv_temp, grad_logp,
+                                     stream>>>(logits, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp,
                                                grad_entropy, entropy, grad_out);
 }
 
 template <typename T>
 void backward_dispatch(const void* logits, int64_t N, int64_t V, int64_t row_stride, const int64_t* ids,
-                       const float* lse, float inv_temp, const float* grad_logp, const float* grad_entropy,
+                       const float* lse_parts, float inv_temp, const float* grad_logp, const float* grad_entropy,
                        const float* entropy, void* grad_out, cudaStream_t stream) {
   const T* x = static_cast<const T*>(logits);
   T* g = static_cast<T*>(grad_out);
   if (grad_entropy != nullptr)
-    backward_impl<T, true>(x, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy, entropy, g, stream);
+    backward_impl<T, true>(x, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy, g, stream);
   else
-    backward_impl<T, false>(x, N, V, row_stride, ids, lse, inv_temp, grad_logp, nullptr, nullptr, g, stream);
+    backward_impl<T, false>(x, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, nullptr, nullptr, g, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_logprob_forward(const void* logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                                   const int64_t* ids, float inv_temp, float* logp, float* lse, float* entropy,
+                                   const int64_t* ids, float inv_temp, float* logp, float* lse_parts, float* entropy,
                                    cudaStream_t stream) {
   switch (dtype) {
     case kFloat32:
-      forward_dispatch<float>(logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy, stream);
+      forward_dispatch<float>(logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy, stream);
       break;
     case kFloat16:
-      forward_dispatch<__half>(logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy, stream);
+      forward_dispatch<__half>(logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy, stream);
       break;
     case kBFloat16:
-      forward_dispatch<__nv_bfloat16>(logits, N, V, row_stride, ids, inv_temp, logp, lse, entropy, stream);
+      forward_dispatch<__nv_bfloat16>(logits, N, V, row_stride, ids, inv_temp, logp, lse_parts, entropy, stream);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -431,20 +433,20 @@ cudaError_t launch_logprob_forward(const void* logits, int dtype, int64_t N, int
 }
 
 cudaError_t launch_logprob_backward(const void* logits, int dtype, int64_t N, int64_t V, int64_t row_stride,
-                                    const int64_t* ids, const float* lse, float inv_temp, const float* grad_logp,
+                                    const int64_t* ids, const float* lse_parts, float inv_temp, const float* grad_logp,
                                     const float* grad_entropy, const float* entropy, void* grad_out,
                                     cudaStream_t stream) {
   switch (dtype) {
     case kFloat32:
-      backward_dispatch<float>(logits, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy, entropy,
+      backward_dispatch<float>(logits, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy,
                                grad_out, stream);
       break;
     case kFloat16:
-      backward_dispatch<__half>(logits, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy, entropy,
+      backward_dispatch<__half>(logits, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy,
                                 grad_out, stream);
       break;
     case kBFloat16:
-      backward_dispatch<__nv_bfloat16>(logits, N, V, row_stride, ids, lse, inv_temp, grad_logp, grad_entropy,
+      backward_dispatch<__nv_bfloat16>(logits, N, V, row_stride, ids, lse_parts, inv_temp, grad_logp, grad_entropy,
                                        entropy, grad_out, stream);
       break;
     default:

@@ -108,6 +108,11 @@ def ref64_forward(logits, ids, inv_temp):
     return logp, lse, lse - pz.sum(-1)
 
 
+def lse_of(parts):
+    """lse_parts (N, 2) = [max z, log sum exp(z - max z)] -> the log-sum-exp, in fp64."""
+    return parts[:, 0].double() + parts[:, 1].double()
+
+
 def ref_forward_kept(logits, ids, inv_temp, want_entropy):
     """torch_backend's forward; a row with -inf logits is computed on its finite
     logits alone (torch_backend's entropy is NaN there: 0 * inf)."""
@@ -160,13 +165,15 @@ class Fp64Bounds:
 
     @staticmethod
     def forward(out, logits, ids, inv_temp, want_entropy, what=""):
-        logp, lse, ent = out
-        r_logp, r_lse, r_ent = ref.logprob_forward(logits, ids, inv_temp, want_entropy)
+        logp, parts, ent = out
+        r_logp, r_parts, r_ent = ref.logprob_forward(logits, ids, inv_temp, want_entropy)
         e_logp, e_lse, e_ent = ref64_forward(logits, ids, inv_temp)
         scale = max(1.0, _finite_max_abs(logits) * inv_temp)
-        assert_close_fp32(lse, e_lse, scale, f"lse vs fp64 {what}")
+        z = logits.float() * inv_temp
+        assert torch.equal(parts[:, 0], z.amax(-1)) or bool(z.isnan().any()), f"lse_parts[:, 0] is max z {what}"
+        assert_close_fp32(lse_of(parts).float(), e_lse, scale, f"lse vs fp64 {what}")
         assert_close_fp32(logp, e_logp, scale, f"logp vs fp64 {what}")
-        assert_close_fp32(lse, r_lse, scale, f"lse vs torch_backend {what}")
+        assert_close_fp32(lse_of(parts).float(), lse_of(r_parts), scale, f"lse vs torch_backend {what}")
         assert_close_fp32(logp, r_logp, scale, f"logp vs torch_backend {what}")
         if want_entropy:
             # log S + sum p (m - z) / S: accurate in absolute terms even for huge |z|
@@ -391,8 +398,9 @@ def check_forward(be, logits, ids, inv_temp, want_entropy, what=""):
     """The backend's forward: output shapes and dtypes, values at its accuracy."""
     n = logits.shape[0]
     out = be.mod.logprob_forward(logits, ids, inv_temp, want_entropy)
-    for got in out[:2] + (out[2:] if want_entropy else ()):
+    for got in (out[0],) + (out[2:] if want_entropy else ()):
         assert got is not None and got.dtype == torch.float32 and got.shape == (n,), what
+    assert out[1].dtype == torch.float32 and out[1].shape == (n, 2), what  # lse_parts
     if not want_entropy:
         assert out[2] is None
     be.tol.forward(out, logits, ids, inv_temp, want_entropy, what)
@@ -400,7 +408,7 @@ def check_forward(be, logits, ids, inv_temp, want_entropy, what=""):
 
 
 def check_backward(be, logits, ids, inv_temp, with_entropy, fwd=None, seed=1, what=""):
-    """The backend's backward from its own forward's lse / entropy, against torch_backend's on the same."""
+    """The backend's backward from its own forward's lse_parts / entropy, against torch_backend's on the same."""
     n, v = logits.shape
     _, lse, ent = fwd if fwd is not None else be.mod.logprob_forward(logits, ids, inv_temp, with_entropy)
     g = torch.Generator().manual_seed(seed)
@@ -415,6 +423,6 @@ def check_backward(be, logits, ids, inv_temp, with_entropy, fwd=None, seed=1, wh
 
 
 def check_token(be, logits, ids, inv_temp, want_entropy, what=""):
-    """Forward, then backward from it; returns (logp, lse, entropy, grad)."""
+    """Forward, then backward from it; returns (logp, lse_parts, entropy, grad)."""
     out = check_forward(be, logits, ids, inv_temp, want_entropy, what)
     return (*out, check_backward(be, logits, ids, inv_temp, want_entropy, fwd=out, what=what))

@@ -208,17 +208,17 @@ def test_bad_ids_raise_value_error(bad):
 def _fwd_args(logits, ids, out):
     n, v = logits.shape
     return dict(logits=logits.data_ptr(), dtype=0, N=n, V=v, row_stride=v, ids=ids.data_ptr(), inv_temp=1.0,
-                logp=out[0].data_ptr(), lse=out[1].data_ptr(), entropy=0)
+                logp=out[0].data_ptr(), lse_parts=out[1].data_ptr(), entropy=0)
 
 
 @pytest.mark.parametrize("field,value,arg", [
     ("dtype", 3, "dtype"), ("dtype", -1, "dtype"), ("N", 0, "N"), ("V", 0, "V"), ("row_stride", 9, "row_stride"),
-    ("logits", 0, "logits"), ("ids", 0, "ids"), ("logp", 0, "logp"), ("lse", 0, "lse"),
+    ("logits", 0, "logits"), ("ids", 0, "ids"), ("logp", 0, "logp"), ("lse_parts", 0, "lse_parts"),
     ("inv_temp", 0.0, "inv_temp"), ("inv_temp", float("inf"), "inv_temp"), ("inv_temp", float("nan"), "inv_temp"),
 ])
 def test_bad_arguments_raise_value_error(field, value, arg):
     logits, ids = _logits(2, 10, torch.float32), _ids(2, 10)
-    out = (torch.empty(2), torch.empty(2))
+    out = (torch.empty(2), torch.empty(2, 2))
     kwargs = _fwd_args(logits, ids, out)
     kwargs[field] = value
     with pytest.raises(ValueError, match=rf"logprob_forward: argument '{arg}'"):

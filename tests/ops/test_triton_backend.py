@@ -53,7 +53,7 @@ def test_logprobs_empty_batch():
     logits = torch.randn(0, 10, device=DEV)
     ids = torch.zeros(0, dtype=torch.long, device=DEV)
     logp, lse, ent = tb.logprob_forward(logits, ids, 1.0, True)
-    assert logp.shape == lse.shape == ent.shape == (0,)
+    assert logp.shape == ent.shape == (0,) and lse.shape == (0, 2)
     g = tb.logprob_backward(logits, ids, lse, 1.0, logp, None, None)
     assert g.shape == (0, 10)
 

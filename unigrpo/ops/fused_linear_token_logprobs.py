@@ -26,25 +26,25 @@ class FusedLinearTokenLogprobsFn(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, ids, inv_temp, want_entropy, chunk, backend):
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
-        lse = torch.empty_like(logp)
+        lse_parts = logp.new_empty((n, 2))
         entropy = torch.empty_like(logp) if want_entropy else None
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             lp, ls, ent = backend.logprob_forward(_chunk_logits(hidden, weight, bias, rows),
                                                   ids[rows], inv_temp, want_entropy)
-            logp[rows], lse[rows] = lp, ls
+            logp[rows], lse_parts[rows] = lp, ls
             if want_entropy:
                 entropy[rows] = ent
-        ctx.save_for_backward(hidden, weight, bias, ids, lse, entropy)
+        ctx.save_for_backward(hidden, weight, bias, ids, lse_parts, entropy)
         ctx.inv_temp, ctx.chunk, ctx.backend = inv_temp, chunk, backend
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         refuse_double_backward("fused_linear_token_logprobs")
-        hidden, weight, bias, ids, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, ids, lse_parts, entropy = ctx.saved_tensors
         n = hidden.shape[0]
-        grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
+        grad_logp = lse_parts.new_zeros(n) if grad_logp is None else grad_logp.float()
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         # fp32 accumulators: summing many chunks in bf16 would lose the small ones
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
@@ -55,7 +55,7 @@ class FusedLinearTokenLogprobsFn(torch.autograd.Function):
             rows = slice(start, min(start + ctx.chunk, n))
             logits = _chunk_logits(hidden, weight, bias, rows)
             g = ctx.backend.logprob_backward(
-                logits, ids[rows], lse[rows], ctx.inv_temp, grad_logp[rows].contiguous(),
+                logits, ids[rows], lse_parts[rows], ctx.inv_temp, grad_logp[rows].contiguous(),
                 None if grad_entropy is None else grad_entropy[rows].float().contiguous(),
                 None if entropy is None else entropy[rows])
             del logits

@@ -16,20 +16,19 @@ class TokenLogprobsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, ids, inv_temp, want_entropy, backend):
-        logp, lse, entropy = backend.logprob_forward(logits, ids, inv_temp, want_entropy)
-        ctx.save_for_backward(logits, ids, lse, entropy)
+        logp, lse_parts, entropy = backend.logprob_forward(logits, ids, inv_temp, want_entropy)
+        ctx.save_for_backward(logits, ids, lse_parts, entropy)
         ctx.inv_temp, ctx.backend = inv_temp, backend
-        ctx.mark_non_differentiable(lse)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         refuse_double_backward("token_logprobs")
-        logits, ids, lse, entropy = ctx.saved_tensors
+        logits, ids, lse_parts, entropy = ctx.saved_tensors
         if grad_logp is None:
-            grad_logp = torch.zeros_like(lse)
+            grad_logp = lse_parts.new_zeros(lse_parts.shape[0])
         grad = ctx.backend.logprob_backward(
-            logits, ids, lse, ctx.inv_temp, grad_logp.float().contiguous(),
+            logits, ids, lse_parts, ctx.inv_temp, grad_logp.float().contiguous(),
             None if grad_entropy is None else grad_entropy.float().contiguous(), entropy)
         return grad, None, None, None, None
 

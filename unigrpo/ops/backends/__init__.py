@@ -10,20 +10,22 @@ kernels; validation, autograd and the O(N)/O(B) per-row epilogues live once, in
 Token side (logits: (N, V) fp32/fp16/bf16, ids: (N,) int64, math in fp32):
 
   logprob_forward(logits, ids, inv_temp, want_entropy)
-      z = logits.float() * inv_temp; lse = logsumexp(z, -1)
-      -> logp = (z[ids] - m) - log(s), lse = m + log(s), entropy = sum(softmax(z) * (lse - z)) or None
-      where m = max(z), s = sum exp(z - m): logp from (z - m), not z - lse, keeps
-      it exact to fp32 when |z| is large (lse's own rounding is ~|z| * 6e-8).
-      all (N,) fp32; one online pass over V, nothing (N, V) allocated.
+      z = logits.float() * inv_temp; m = max(z), s = sum exp(z - m)
+      -> logp = (z[ids] - m) - log(s), lse_parts = [m, log(s)] (the log-sum-exp
+      lse = m + log(s), kept as its two parts), entropy = sum(softmax(z) * (lse - z)) or None.
+      Working from (z - m), never from z - lse, keeps logp and the gradient exact to
+      fp32 whatever |z| (lse rounded to fp32 carries an error of ~|z| * 6e-8).
+      logp, entropy (N,) fp32, lse_parts (N, 2) fp32; one online pass over V, nothing
+      (N, V) allocated.
       Compute the entropy without cancellation: with running max m and
       s = sum exp(z - m), keep u = sum exp(z - m) * (m - z) >= 0 (rescaled as
       u <- exp(m - m') * (u + s * (m' - m)) when the max moves to m'); then
       entropy = log(s) + u / s. (lse - sum(p z) loses ~|z| * 1e-7 to cancellation.)
 
-  logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy, entropy)
-      p = exp(z - lse)
+  logprob_backward(logits, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy)
+      d = (z - m) - log(s) (from lse_parts), p = exp(d)
       grad = inv_temp * (grad_logp * (onehot(ids) - p)
-                         - grad_entropy * p * (z - lse + entropy))
+                         - grad_entropy * p * (d + entropy))
       -> (N, V) contiguous, dtype of logits. grad_entropy/entropy may be None.
 
 Image side (x, x_next, v, v_ref: (B, D), one dtype among fp32/fp16/bf16;

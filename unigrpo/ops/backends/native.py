@@ -19,6 +19,7 @@ from torch import Tensor
 name = "native"
 
 _REQUIRED = ("logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad")
+ABI_VERSION = 2  # csrc/README.md; 2: the log-sum-exp travels as lse_parts (N, 2) = [max, log sum]
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -31,6 +32,9 @@ def _load(module: str):
     missing = [f for f in _REQUIRED if not callable(getattr(mod, f, None))]
     if missing:
         return None, f"unigrpo.{module} lacks {', '.join(missing)} (stale build? rebuild the extension)"
+    if getattr(mod, "ABI_VERSION", None) != ABI_VERSION:
+        return None, (f"unigrpo.{module} has ABI version {getattr(mod, 'ABI_VERSION', None)}, this package needs "
+                      f"{ABI_VERSION} (stale build? rebuild the extension)")
     return mod, None
 
 
@@ -116,25 +120,25 @@ def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: 
     n, v = logits.shape
     ids = ids.long().contiguous()
     out = dict(dtype=torch.float32, device=logits.device)
-    logp, lse = torch.empty(n, **out), torch.empty(n, **out)
+    logp, lse_parts = torch.empty(n, **out), torch.empty((n, 2), **out)
     entropy = torch.empty(n, **out) if want_entropy else None
     _call(logits.device, "logprob_forward", logits.data_ptr(), _dtype_code(logits), n, v, row_stride,
-          ids.data_ptr(), float(inv_temp), logp.data_ptr(), lse.data_ptr(), _ptr(entropy))
-    return logp, lse, entropy
+          ids.data_ptr(), float(inv_temp), logp.data_ptr(), lse_parts.data_ptr(), _ptr(entropy))
+    return logp, lse_parts, entropy
 
 
-def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, entropy=None):
+def logprob_backward(logits, ids, lse_parts, inv_temp, grad_logp, grad_entropy=None, entropy=None):
     logits, row_stride = _rows(logits)
     n, v = logits.shape
     ids = ids.long().contiguous()
-    lse, grad_logp = _vec(lse), _vec(grad_logp)
+    lse_parts, grad_logp = _vec(lse_parts), _vec(grad_logp)
     if grad_entropy is not None and entropy is None:
         raise ValueError("logprob_backward: grad_entropy needs the forward's entropy")
     grad_entropy = _vec(grad_entropy)
     entropy = _vec(entropy) if grad_entropy is not None else None
     grad = torch.empty((n, v), dtype=logits.dtype, device=logits.device)
     _call(logits.device, "logprob_backward", logits.data_ptr(), _dtype_code(logits), n, v, row_stride,
-          ids.data_ptr(), lse.data_ptr(), float(inv_temp), grad_logp.data_ptr(), _ptr(grad_entropy),
+          ids.data_ptr(), lse_parts.data_ptr(), float(inv_temp), grad_logp.data_ptr(), _ptr(grad_entropy),
           _ptr(entropy), grad.data_ptr())
     return grad
 

@@ -17,21 +17,22 @@ def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: 
     s = e.sum(-1)
     log_s = torch.log(s)
     logp = (z.gather(-1, ids[:, None]) - m).squeeze(-1) - log_s
-    lse = m.squeeze(-1) + log_s
+    lse_parts = torch.stack([m.squeeze(-1), log_s], -1)
     entropy = None
     if want_entropy:
         # terms >= 0: no cancellation; a -inf logit (e = 0) adds 0, not 0 * inf
         entropy = log_s + torch.where(e > 0, e * (m - z), 0.0).sum(-1) / s
-    return logp, lse, entropy
+    return logp, lse_parts, entropy
 
 
-def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, entropy=None):
+def logprob_backward(logits, ids, lse_parts, inv_temp, grad_logp, grad_entropy=None, entropy=None):
     z = logits.float() * inv_temp
-    p = torch.exp(z - lse[:, None])
+    d = (z - lse_parts[:, :1]) - lse_parts[:, 1:]  # z - lse, exact to fp32 whatever |z|
+    p = torch.exp(d)
     grad = -grad_logp[:, None] * p
     grad.scatter_add_(-1, ids[:, None], grad_logp[:, None])
     if grad_entropy is not None:  # p = 0 where z = -inf: no gradient there, not 0 * inf
-        grad -= torch.where(p > 0, grad_entropy[:, None] * p * (z - lse[:, None] + entropy[:, None]), 0.0)
+        grad -= torch.where(p > 0, grad_entropy[:, None] * p * (d + entropy[:, None]), 0.0)
     return (grad * inv_temp).to(logits.dtype)
 
 

@@ -150,21 +150,21 @@ def logprob_forward(logits: Tensor, ids: Tensor, inv_temp: float, want_entropy: 
     n, v = logits.shape
     dev = logits.device
     logp = torch.empty(n, dtype=torch.float32, device=dev)
-    lse = torch.empty(n, dtype=torch.float32, device=dev)
+    lse_parts = torch.empty((n, 2), dtype=torch.float32, device=dev)
     entropy = torch.empty(n, dtype=torch.float32, device=dev) if want_entropy else None
     if n == 0:
-        return logp, lse, entropy
+        return logp, lse_parts, entropy
     if v == 0:
         raise ValueError("logprob_forward: empty vocabulary (V == 0)")
     block = _block(v, GPU_BLOCK_V if _is_gpu(logits) else INTERP_BLOCK_V)
     with _device_ctx(logits):
         k.launch_logprob_forward(
-            logits, ids, float(inv_temp), logp, lse, entropy, block_v=block, num_warps=_num_warps(block)
+            logits, ids, float(inv_temp), logp, lse_parts, entropy, block_v=block, num_warps=_num_warps(block)
         )
-    return logp, lse, entropy
+    return logp, lse_parts, entropy
 
 
-def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, entropy=None):
+def logprob_backward(logits, ids, lse_parts, inv_temp, grad_logp, grad_entropy=None, entropy=None):
     k = _kernels()
     if grad_entropy is not None and entropy is None:
         raise ValueError("logprob_backward: grad_entropy needs entropy")
@@ -181,7 +181,7 @@ def logprob_backward(logits, ids, lse, inv_temp, grad_logp, grad_entropy=None, e
         k.launch_logprob_backward(
             logits,
             ids.contiguous(),
-            _f32(lse),
+            _f32(lse_parts),
             float(inv_temp),
             _f32(grad_logp),
             _f32(grad_entropy),

@@ -4,10 +4,10 @@ Contract (see ``unigrpo/ops/backends/__init__.py``), math in fp32 for
 fp32/fp16/bf16 logits whose rows are contiguous (row stride may exceed V):
 
   forward   z = logits * inv_temp, m = max(z), s = sum exp(z - m),
-            logp = (z[id] - m) - log(s), lse = m + log(s),
+            logp = (z[id] - m) - log(s), lse_parts = [m, log(s)] (lse = m + log(s), kept apart),
             entropy = log(s) + u / s,  u = sum exp(z - m) * (m - z) >= 0
-  backward  p = exp(z - lse)
-            grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (z - lse + H))
+  backward  q = (z - m) - log(s) (= z - lse, exact at any |z|), p = exp(q)
+            grad = inv_temp * (g_logp * (onehot(id) - p) - g_ent * p * (q + H))
 
 The forward is one program per row and a single online pass over V in BLOCK_V
 chunks, keeping the running max ``m``, ``s`` and (entropy only) ``u``; when the
@@ -16,7 +16,7 @@ max grows to m', ``s <- exp(m - m') s`` and ``u <- exp(m - m') (u + s (m' - m))`
 non-negative terms, so neither loses ~|z| * 1e-7 to cancellation when |z| is
 large. One exp per element. Nothing (N, V) is allocated.
 
-The backward is elementwise given lse: grid (N, cdiv(V, BLOCK_V)).
+The backward is elementwise given lse_parts: grid (N, cdiv(V, BLOCK_V)).
 
 Launchers take preallocated outputs and the launch configuration; choosing
 block sizes and allocating is the backend's job (``unigrpo.ops.backends.triton``).
@@ -76,7 +76,8 @@ def _logprob_fwd_kernel(
     in_range = (idx >= 0) & (idx < V)
     z_id = tl.load(row_ptr + idx, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp
     tl.store(logp_ptr + row, (z_id - m) - log_s)
-    tl.store(lse_ptr + row, m + log_s)
+    tl.store(lse_ptr + 2 * row, m)
+    tl.store(lse_ptr + 2 * row + 1, log_s)
     if WANT_ENTROPY:
         tl.store(ent_ptr + row, log_s + u / s)
 
@@ -103,22 +104,24 @@ def _logprob_bwd_kernel(
     # Masked lanes read -inf, so p = 0 there (no overflow; they are not stored).
     x = tl.load(logits_ptr + row * stride_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
     z = x * inv_temp
-    lse = tl.load(lse_ptr + row)
+    m = tl.load(lse_ptr + 2 * row)
+    log_s = tl.load(lse_ptr + 2 * row + 1)
     g = tl.load(grad_logp_ptr + row)
     idx = tl.load(ids_ptr + row).to(tl.int64)
-    p = tl.exp(z - lse)
+    q = (z - m) - log_s
+    p = tl.exp(q)
     grad = tl.where(offs == idx, g, 0.0) - g * p
     if HAS_ENTROPY:
         g_ent = tl.load(grad_ent_ptr + row)
         ent = tl.load(ent_ptr + row)
         # p == 0 where z = -inf: the term is 0 there, not 0 * -inf = NaN.
-        grad = grad - g_ent * p * tl.where(p > 0, z - lse + ent, 0.0)
+        grad = grad - g_ent * p * tl.where(p > 0, q + ent, 0.0)
     grad = grad * inv_temp
     tl.store(grad_ptr + row * stride_grad_row + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def launch_logprob_forward(logits, ids, inv_temp, logp, lse, entropy, *, block_v, num_warps):
-    """Fill ``logp``, ``lse`` and (if not None) ``entropy`` (all (N,) fp32).
+def launch_logprob_forward(logits, ids, inv_temp, logp, lse_parts, entropy, *, block_v, num_warps):
+    """Fill ``logp`` and (if not None) ``entropy`` ((N,) fp32) and ``lse_parts`` ((N, 2) fp32).
 
     ``logits``: (N, V) with ``stride(1) == 1``; ``ids``: (N,) integer, contiguous.
     ``block_v`` must be a power of two. ``entropy=None`` skips the entropy sums.
@@ -131,8 +134,8 @@ def launch_logprob_forward(logits, ids, inv_temp, logp, lse, entropy, *, block_v
         logits,
         ids,
         logp,
-        lse,
-        entropy if want_entropy else lse,  # never written when WANT_ENTROPY is False
+        lse_parts,
+        entropy if want_entropy else logp,  # never written when WANT_ENTROPY is False
         v,
         logits.stride(0),
         float(inv_temp),
@@ -143,7 +146,7 @@ def launch_logprob_forward(logits, ids, inv_temp, logp, lse, entropy, *, block_v
 
 
 def launch_logprob_backward(
-    logits, ids, lse, inv_temp, grad_logp, grad_entropy, entropy, grad, *, block_v, num_warps
+    logits, ids, lse_parts, inv_temp, grad_logp, grad_entropy, entropy, grad, *, block_v, num_warps
 ):
     """Fill ``grad`` ((N, V), rows contiguous, any float dtype) with d loss / d logits.
 
@@ -160,10 +163,10 @@ def launch_logprob_backward(
     _logprob_bwd_kernel[(n, n_chunks)](
         logits,
         ids,
-        lse,
+        lse_parts,
         grad_logp,
         grad_entropy if has_entropy else grad_logp,
-        entropy if has_entropy else lse,
+        entropy if has_entropy else grad_logp,
         grad,
         v,
         logits.stride(0),
