@@ -13,7 +13,7 @@ from .dispatch import check_backend_name, get_backend
 from .validation import (check_ids, check_nonempty, check_scalar, check_temperature,
                          check_tensor, refuse_double_backward)
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # of logits per chunk, in their own dtype
 
 
 def _chunk_logits(hidden, weight, bias, rows):
@@ -79,7 +79,7 @@ def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, tem
     hidden: (N, H) and weight: (V, H) of one float dtype; bias: optional (V,);
     ids: (N,) in [0, V). Returns fp32 (N,) (and entropy with ``return_entropy``),
     differentiable w.r.t. hidden, weight and bias. ``chunk_size`` rows per chunk
-    (default: 64 MiB of fp32 logits) bounds the extra memory, whatever N.
+    (default: 64 MiB of logits in hidden's dtype) bounds the extra memory, whatever N.
     """
     check_backend_name(backend)
     check_tensor("hidden", hidden, 2)
@@ -93,8 +93,8 @@ def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, tem
         check_tensor("bias", bias, 1, (hidden.dtype,), hidden.device, (vocab,))
     ids = check_ids(ids, n, vocab, hidden.device)
     inv_temp = 1.0 / check_temperature(temperature)
-    if chunk_size is None:
-        chunk_size = max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))
+    if chunk_size is None:  # the chunk's logits are of hidden's dtype: bf16 chunks hold twice the rows of fp32
+        chunk_size = max(1, DEFAULT_CHUNK_BYTES // (hidden.element_size() * vocab))
     chunk_size = check_scalar("chunk_size", chunk_size, Bound(lo=1), integer=True)
     be = get_backend(hidden.device, backend)
     logp, entropy = FusedLinearTokenLogprobsFn.apply(hidden, weight, bias, ids, inv_temp,
