@@ -91,9 +91,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     raw = pointer.read_bytes()
     name = raw.decode("ascii", errors="replace").strip()
     if not _NAME.fullmatch(name):
-        found = ", ".join(p.name for p in checkpoints(run_dir)) or "none"
+        found = checkpoints(run_dir)
+        hint = (f"checkpoints present: {', '.join(p.name for p in found)}; name one directly, e.g. {found[-1]}"
+                if found else "no checkpoint is present")
         raise CheckpointError(f"{pointer} is corrupt: expected one line like checkpoint-000100, got {raw[:40]!r} "
-                              f"(checkpoints present: {found}; resume one with --resume {run_dir}/<checkpoint>)")
+                              f"({hint})")
     path = Path(run_dir) / name
     if not path.is_dir():
         raise CheckpointError(f"{pointer} points to {path}, which does not exist")
