@@ -14,6 +14,7 @@ from unigrpo.rewards import WeightedRewards
 from unigrpo.rollout import RolloutConfig, generate_rounds
 
 denoise_mod = importlib.import_module("unigrpo.rollout.denoise")  # the module, not the function
+engine_mod = importlib.import_module("unigrpo.rollout.engine")  # where rollouts look generate_reasoning up
 
 PROMPTS = ["a red circle", "two squares the color of grass", "a blue triangle left of a yellow circle",
            "three triangles"]
@@ -44,7 +45,7 @@ def bench_rollout(benchmark, policy, mode, guidance, graphed):
     # time split inside the denoising loop: velocity calls (model) vs the fused SDE step (sampler)
     spent = {"model": 0.0, "sampler": 0.0, "text": 0.0}
     originals = {"model": (denoise_mod, "guided_velocity"), "sampler": (denoise_mod.ops, "sde_step"),
-                 "text": (policy, "generate_reasoning")}
+                 "text": (engine_mod, "generate_reasoning")}
 
     def timed(name, fn):
         def wrapper(*a, **k):

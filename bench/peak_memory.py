@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -47,7 +48,8 @@ def peak_extra_bytes(setup: str, call: str, device: str = "cpu") -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    # cwd: not the checkout, whose unigrpo/ (no compiled extension) would shadow the installed package
     out = subprocess.run([sys.executable, "-c", _SCRIPT, setup, call], capture_output=True, text=True,
-                         env=env, check=True)
+                         env=env, check=True, cwd=tempfile.gettempdir())
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return (r["peak_kib"] - r["base_kib"]) * 1024
