@@ -16,7 +16,10 @@ def impl_of(name: str) -> str:
     if not found:
         return "-"
     params = found.group(1).split("-")
-    return next((p for p in params if p in ("reference", "compiled", "floor", "native", "triton", "torch")), params[-1])
+    # an op benchmark's id holds one implementation name; any other id (rollout modes such as
+    # "no-cfg", verifier cases) is its own row, named whole
+    return next((p for p in params if p in ("reference", "compiled", "floor", "native", "triton", "torch")),
+                found.group(1))
 
 
 def main(path: str) -> None:
