@@ -188,6 +188,9 @@ def test_eval_resolves_run_checkpoint_and_policy_dirs(run, tmp_path):
     assert resolve_policy_dir(run) == (ck / "policy", f"the latest checkpoint of run {run} (checkpoint-000002)")
     assert resolve_policy_dir(ck) == (ck / "policy", f"checkpoint {ck}")
     assert resolve_policy_dir(ck / "policy") == (ck / "policy", f"the policy of checkpoint {ck}")
+    shutil.copytree(run, tmp_path / "no-latest")  # killed between a checkpoint's rename and `latest`
+    (tmp_path / "no-latest" / "latest").unlink()
+    assert resolve_policy_dir(tmp_path / "no-latest")[0] == tmp_path / "no-latest" / "checkpoint-000002" / "policy"
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "config.yaml").write_text("train: {}\n")
     with pytest.raises(CheckpointError, match="holds no checkpoint yet"):

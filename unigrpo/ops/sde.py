@@ -93,9 +93,7 @@ def _weight(weight, v: Tensor, sample_shape: tuple[int, ...]) -> Tensor | None:
     """None, one sample's shape (broadcast over the batch) or the latents' shape, exactly."""
     if weight is None:
         return None
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
-    check_tensor("weight", weight, weight.dim(), REAL_FLOAT_DTYPES, v.device)
+    check_tensor("weight", weight, weight.dim() if isinstance(weight, Tensor) else 1, REAL_FLOAT_DTYPES, v.device)
     shape = tuple(weight.shape)
     if shape == sample_shape:
         return weight.to(v.dtype).reshape(v.shape[1]).contiguous()

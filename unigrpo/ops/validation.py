@@ -59,7 +59,8 @@ def check_scalar(name: str, value, bound: Bound, integer: bool = False):
             raise TypeError(f"{name} must be {kind} (a number or a one-element real tensor), "
                             f"got a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or integer and not isinstance(value, numbers.Integral):
+    wrong_kind = not isinstance(value, numbers.Integral if integer else numbers.Real)
+    if isinstance(value, bool) or wrong_kind:
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
     bound.check(name, value)
     return int(value) if integer else float(value)

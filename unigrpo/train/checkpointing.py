@@ -126,6 +126,24 @@ def is_checkpoint(path: Path) -> bool:
     return (Path(path) / "trainer_state.pt").exists() or bool(_NAME.fullmatch(Path(path).name))
 
 
+def find_checkpoint(path: Path) -> Path | None:
+    """The verified checkpoint ``path`` names: itself if it is one, else the run's
+    ``latest``, else (killed between a checkpoint's rename and ``latest``) its newest
+    checkpoint; None for a directory that holds none."""
+    path = Path(path)
+    if is_checkpoint(path):
+        verify_checkpoint(path)
+        return path
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    found = checkpoints(path)
+    if found:
+        verify_checkpoint(found[-1])
+        return found[-1]
+    return None
+
+
 def resolve_policy_dir(path: str | Path) -> tuple[Path, str]:
     """A run directory, one of its ``checkpoint-*`` directories or the ``policy/`` in one
     -> (the verified policy directory, a phrase saying which was used). Any other
@@ -133,15 +151,14 @@ def resolve_policy_dir(path: str | Path) -> tuple[Path, str]:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist")
-    if (p / LATEST).exists():
-        ckpt = latest_checkpoint(p)
-        return ckpt / "policy", f"the latest checkpoint of run {p} ({ckpt.name})"
-    if is_checkpoint(p):
-        verify_checkpoint(p)
-        return p / "policy", f"checkpoint {p}"
     if p.name == "policy" and is_checkpoint(p.parent):
         verify_checkpoint(p.parent)
         return p, f"the policy of checkpoint {p.parent}"
+    ckpt = find_checkpoint(p)
+    if ckpt == p:
+        return p / "policy", f"checkpoint {p}"
+    if ckpt is not None:
+        return ckpt / "policy", f"the latest checkpoint of run {p} ({ckpt.name})"
     if (p / "metrics.jsonl").exists() or (p / "config.yaml").exists():
         raise CheckpointError(f"run {p} holds no checkpoint yet (no {LATEST})")
     return p, f"model directory {p}"

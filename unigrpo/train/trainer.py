@@ -45,17 +45,7 @@ def _resume_point(path: Path) -> Path | None:
     None for a run that has none yet (it starts again from its beginning)."""
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {path}: no such run directory, so no checkpoint found")
-    if checkpointing.is_checkpoint(path):
-        checkpointing.verify_checkpoint(path)
-        return path
-    latest = checkpointing.latest_checkpoint(path)
-    if latest is not None:
-        return latest
-    found = checkpointing.checkpoints(path)  # killed between a checkpoint's rename and `latest`
-    if found:
-        checkpointing.verify_checkpoint(found[-1])
-        return found[-1]
-    return None
+    return checkpointing.find_checkpoint(path)
 
 
 def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
