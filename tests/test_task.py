@@ -13,7 +13,7 @@ from toy_policy import ToyPolicy
 
 from unigrpo.policy import POLICIES
 from unigrpo.rewards import REWARDS, WeightedRewards, rewards_from_spec
-from unigrpo.task import TASKS, TaskConfig, build_task
+from unigrpo.task import TASKS, ModelConfig, TaskConfig, build_task
 from unigrpo.tasks import PromptsTask, read_prompts
 from unigrpo.train import Trainer, load_config
 from unigrpo.train.__main__ import main as train_main
@@ -200,10 +200,10 @@ def test_prompts_task_trains_the_builtin_model_from_the_cli(tmp_path):
 
 
 def test_policy_registry_loads_the_builtin_checkpoint():
-    policy = POLICIES.get("shapes")("builtin:shapes-sft", "cpu")
+    policy = POLICIES.get("shapes")(ModelConfig(), "cpu")  # the default checkpoint: builtin:shapes-sft
     assert policy.num_parameters() > 1_000_000
     with pytest.raises(ValueError, match="model.checkpoint 'builtin:nope': unknown"):
-        POLICIES.get("shapes")("builtin:nope", "cpu")
+        POLICIES.get("shapes")(ModelConfig(checkpoint="builtin:nope"), "cpu")
 
 
 def test_toy_policy_trains_in_process(tmp_path):

@@ -30,3 +30,15 @@ def toy_task(reward=brightness):
 def trainer(tmp_path, overrides, reward=brightness, seed=0, **kw):
     cfg = load_config(None, FAST + [f"train.output_dir={tmp_path}"] + overrides)
     return Trainer(cfg, task=toy_task(reward), policy=tiny(seed), progress=False, evaluate=False, **kw)
+
+
+def stop_after(t: Trainer, iteration: int):
+    """``t.train_iteration`` replaced by one that raises KeyboardInterrupt (a kill) once
+    ``iteration`` iterations are done; assign the result back to ``t.train_iteration``."""
+    step = t.train_iteration
+
+    def run():
+        if t.iteration == iteration:
+            raise KeyboardInterrupt
+        return step()
+    return run

@@ -119,6 +119,6 @@ class ToyPolicy(UnifiedPolicy):
         return policy.to(device)
 
     @classmethod
-    def load(cls, checkpoint: str, device="cpu") -> ToyPolicy:
-        """The policy loader (``model.type=...``): ``new`` builds a fresh one."""
-        return cls().to(device) if checkpoint == "new" else cls.from_pretrained(checkpoint, device)
+    def load(cls, model, device="cpu") -> ToyPolicy:
+        """The policy loader (``model.type=...``): ``model.checkpoint=new`` builds a fresh one."""
+        return cls().to(device) if model.checkpoint == "new" else cls.from_pretrained(model.checkpoint, device)

@@ -29,7 +29,7 @@ Implementing a new model: subclass :class:`UnifiedPolicy`, implement the
 abstract methods (``prefill`` / ``decode_step`` are the two primitives the
 shared sampler in :mod:`unigrpo.sampling` drives), return an
 :class:`ImageContext` subclass from ``image_context``, and register a loader
-``(checkpoint, device) -> policy`` in :data:`POLICIES` (docs/adapter.md).
+``(model_config, device) -> policy`` in :data:`POLICIES` (docs/adapter.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from .schedule import sigma_schedule
 __all__ = ["TokenBatch", "Reasoning", "ImageContext", "UnifiedPolicy", "concat_tokens", "hidden_token_logprobs",
            "POLICIES"]
 
-#: policy loaders ``(checkpoint: str, device) -> UnifiedPolicy`` by name (``model.type``);
+#: policy loaders ``(model: ModelConfig, device) -> UnifiedPolicy`` by name (``model.type``);
 #: entry points of the group ``unigrpo.policies``, or ``POLICIES.register(name, loader)``
 POLICIES: Registry = Registry("policy", "unigrpo.policies")
 
@@ -238,6 +238,16 @@ class UnifiedPolicy(nn.Module, ABC):
     @abstractmethod
     def save_pretrained(self, directory: str | Path) -> None:
         """Write a self-contained checkpoint directory (config, weights, tokenizer)."""
+
+    def load_weights(self, directory: str | Path) -> None:
+        """Load what :meth:`save_pretrained` wrote into this policy, in place (resuming a
+        run). The default loads a whole new policy and copies its state; a model with
+        frozen parts it never saves overrides this."""
+        from .integrity import check_finite
+
+        loaded = type(self).from_pretrained(directory, device=self.device).state_dict()
+        check_finite(loaded, str(directory))
+        self.load_state_dict(loaded)
 
     @classmethod
     @abstractmethod

@@ -9,6 +9,7 @@ prompt that caused it, never swallowed.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -89,8 +90,9 @@ class WeightedRewards:
 
 
 REWARDS: Registry = Registry("reward", "unigrpo.rewards")
-"""Reward factories by name: ``factory() -> RewardFn`` (entry points of the group
-``unigrpo.rewards``, ``REWARDS.register``, or ``package.module:factory``)."""
+"""Reward factories by name: ``factory() -> RewardFn``, or ``factory(model_dir) -> RewardFn``
+for a reward that loads a model (given ``task.reward_model``); entry points of the group
+``unigrpo.rewards``, ``REWARDS.register``, or ``package.module:factory``."""
 
 
 def _brightness() -> RewardFn:
@@ -102,10 +104,11 @@ def _brightness() -> RewardFn:
 REWARDS.register("brightness", _brightness)  # mean pixel value in [0, 1]: a smoke-test reward
 
 
-def rewards_from_spec(spec: str, key: str = "task.reward") -> WeightedRewards:
+def rewards_from_spec(spec: str, key: str = "task.reward", model_dir: str = "") -> WeightedRewards:
     """``"name"`` or ``"name:weight,name:weight"`` of :data:`REWARDS` -> :class:`WeightedRewards`
     (a weight defaults to 1; a ``package.module:factory`` name takes its weight after a
-    second colon). Errors name ``key``."""
+    second colon). ``model_dir`` goes to every factory that takes a ``model_dir`` argument.
+    Errors name ``key``."""
     items = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, weight = part, 1.0
@@ -113,9 +116,11 @@ def rewards_from_spec(spec: str, key: str = "task.reward") -> WeightedRewards:
         if sep and _is_number(tail):
             name, weight = head, float(tail)
         try:
-            fn = REWARDS.get(name)()
+            factory = REWARDS.get(name)
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from e
+        takes_model = "model_dir" in inspect.signature(factory).parameters
+        fn = factory(model_dir=model_dir) if takes_model else factory()
         items.append((name, fn, weight))
     if not items:
         raise ValueError(f"{key} must name at least one reward, e.g. 'brightness' or 'a:1.0,b:0.5'; "

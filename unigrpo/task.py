@@ -47,18 +47,55 @@ class TaskPrompt:
 
 @dataclass
 class ModelConfig:
+    """The policy to train. ``type`` picks the loader, which reads the keys it documents:
+    ``shapes`` reads ``checkpoint``; ``lm+diffusers`` (a Hugging Face causal LM that
+    reasons + a diffusers flow-matching pipeline that draws) reads ``lm``, ``pipeline``
+    and the keys after them."""
+
     type: str = field(default="shapes", metadata={
-        "help": "registered policy loader (unigrpo.policies entry points) or package.module:loader"})
-    checkpoint: str = field(default="builtin:shapes-sft", metadata={
-        "help": "checkpoint directory, or a name the loader knows (builtin:shapes-sft: the shipped SFT model)"})
+        "help": "registered policy loader (shapes | lm+diffusers | unigrpo.policies entry points) "
+                "or package.module:loader"})
+    checkpoint: str = field(default="", metadata={
+        "help": "shapes: a checkpoint directory, or builtin:shapes-sft (the shipped SFT model, the default); "
+                "lm+diffusers: a saved policy (run, checkpoint or policy directory) to start from "
+                "(default: lm + pipeline as they are)"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when available, else cpu"})
+    # lm+diffusers
+    lm: str = field(default="", metadata={"help": "lm+diffusers: local directory of a transformers causal LM "
+                                                  "(weights + tokenizer with a chat template)"})
+    pipeline: str = field(default="", metadata={"help": "lm+diffusers: local directory of a diffusers "
+                                                        "flow-matching pipeline (StableDiffusion3Pipeline, FluxPipeline)"})
+    dtype: str = field(default="auto", metadata={"help": "lm+diffusers weights: auto (bfloat16 on CUDA, float32 on CPU)"
+                                                         " | float32 | bfloat16"})
+    resolution: int = bounded(512, ge=16, help="lm+diffusers: image height = width in pixels")
+    train: str = field(default="both", metadata={"help": "lm+diffusers: what is trained, lm | transformer | both "
+                                                         "(text encoders and VAE are always frozen)"})
+    lora_rank: int = bounded(0, ge=0, help="lm+diffusers: LoRA rank on the trained models (0: full fine-tuning)")
+    lora_alpha: float = bounded(16.0, gt=0, help="lm+diffusers: LoRA alpha")
+    lora_lm_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={
+        "help": "lm+diffusers: LM modules LoRA adapts (peft target_modules, comma-separated)"})
+    lora_transformer_modules: str = field(default="to_q,to_k,to_v,to_out.0", metadata={
+        "help": "lm+diffusers: transformer modules LoRA adapts (peft target_modules, comma-separated)"})
+    gradient_checkpointing: bool = False  # lm+diffusers: recompute the LM's and the transformer's blocks in backward
+    system_prompt: str = field(default="Think about how to draw the user's image: plan it inside <think> </think>.",
+                               metadata={"help": "lm+diffusers: the LM's system message"})
+    image_prompt: str = field(default="{prompt}. {reasoning}", metadata={
+        "help": "lm+diffusers: what the pipeline's text encoders read ({prompt} and {reasoning} filled in)"})
+    max_text_tokens: int = bounded(0, ge=0, help="lm+diffusers: the pipeline's T5 sequence length "
+                                                 "(0: the pipeline's default, SD3 256, FLUX 512)")
+    flux_guidance: float = bounded(3.5, ge=0, help="lm+diffusers: FLUX's distilled-guidance input "
+                                                   "(guidance-embedding models only; one forward, not CFG)")
 
     def validate(self) -> None:
-        for key in ("type", "checkpoint"):
-            if not getattr(self, key):
-                raise ValueError(f"model.{key} must not be empty")
+        if not self.type:
+            raise ValueError("model.type must not be empty")
         if self.device != "auto":
             _parse_device(self.device, "model.device")  # whether this machine has it: resolve_device
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.train not in ("lm", "transformer", "both"):
+            raise ValueError(f"model.train must be lm, transformer or both, got {self.train!r}")
+        check_bounds(self, "model")
 
 
 def _parse_device(name: str, key: str) -> torch.device:
@@ -95,6 +132,8 @@ class TaskConfig:
     reward: str = field(default="", metadata={
         "help": "shapes: the verifier mode trained on, strict | shaped | dense (default shaped); "
                 "prompts: registered rewards with weights, e.g. 'brightness' or 'a:1.0,b:0.5'"})
+    reward_model: str = field(default="", metadata={
+        "help": "prompts: local directory of the model a reward loads (task.reward=clip or pickscore: a CLIP model)"})
     file: str = field(default="", metadata={
         "help": "prompts: a .txt file (one prompt a line) or .jsonl ({\"prompt\": ..., any metadata})"})
     heldout_file: str = field(default="", metadata={
@@ -145,9 +184,9 @@ class Task(ABC):
         (logged as ``eval/<key>``); with ``out_dir``, also results and an image grid there."""
 
     def build_policy(self, model: ModelConfig, device: torch.device | str = "cpu") -> UnifiedPolicy:
-        """The policy to train when none is given: ``model.type``'s loader on ``model.checkpoint``."""
-        loader = POLICIES.get(model.type)
-        return loader(model.checkpoint, device)
+        """The policy to train when none is given: ``model.type``'s loader, called as
+        ``loader(model, device)``."""
+        return POLICIES.get(model.type)(model, device)
 
 
 def category_means(values, categories: Sequence[Any], prefix: str) -> dict[str, float]:

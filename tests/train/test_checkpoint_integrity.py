@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_runs import FAST, tiny, toy_task, trainer
+from tiny_runs import FAST, stop_after, tiny, toy_task, trainer
 
 from unigrpo.integrity import MANIFEST, CheckpointError, write_manifest
 from unigrpo.train import Trainer, load_config
@@ -140,7 +140,7 @@ def test_resume_rewrites_metrics_from_the_checkpoint(copy):
 
 def test_resume_of_a_run_without_checkpoint_starts_it_again(tmp_path):
     t = trainer(tmp_path / "a", ["train.iterations=2", "train.save_every=5"])
-    t.train_iteration = _die_after(t, 1)  # killed in iteration 2, before any checkpoint
+    t.train_iteration = stop_after(t, 1)  # killed in iteration 2, before any checkpoint
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert not list((tmp_path / "a").glob("checkpoint-*")) and len(_lines(tmp_path / "a")) == 1
@@ -154,16 +154,6 @@ def test_resume_of_a_run_without_checkpoint_starts_it_again(tmp_path):
     for k, v in full.policy.state_dict().items():
         assert torch.equal(v, again.policy.state_dict()[k]), k
     assert [json.loads(x)["iteration"] for x in _lines(tmp_path / "a")] == [1, 2]
-
-
-def _die_after(t, n):
-    step = t.train_iteration
-
-    def run():
-        if t.iteration == n:
-            raise KeyboardInterrupt
-        return step()
-    return run
 
 
 def test_a_new_run_never_appends_to_an_old_one(run, tmp_path, capsys):

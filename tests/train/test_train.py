@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tiny_runs import FAST, brightness, tiny, toy_task, trainer
+from tiny_runs import FAST, brightness, stop_after, tiny, toy_task, trainer
 
 from unigrpo.train import Trainer, group_advantages, load_config
 from unigrpo.train.__main__ import main as train_main
@@ -114,14 +114,7 @@ def test_resume_continues_exactly(tmp_path):
     full = trainer(tmp_path / "full", common)
     full_hist = full.fit()
     part = trainer(tmp_path / "part", common)  # the same run (same lr schedule), stopped at 2
-    step = part.train_iteration
-
-    def stop_after_checkpoint_2():
-        if part.iteration == 2:
-            raise KeyboardInterrupt
-        return step()
-
-    part.train_iteration = stop_after_checkpoint_2
+    part.train_iteration = stop_after(part, 2)
     with pytest.raises(KeyboardInterrupt):
         part.fit()
     cfg = load_config(None, FAST + [f"train.output_dir={tmp_path / 'part'}"] + common)

@@ -89,7 +89,7 @@ class PromptsTask(Task):
             prompts, heldout = self._split(prompts)
         self._train = prompts
         self._heldout = [p if isinstance(p, TaskPrompt) else TaskPrompt(p, {}) for p in heldout]
-        self._rewards = rewards if rewards is not None else rewards_from_spec(c.reward)
+        self._rewards = rewards if rewards is not None else rewards_from_spec(c.reward, model_dir=c.reward_model)
 
     def _split(self, prompts: list[TaskPrompt]) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
         k = int(round(self.cfg.heldout_fraction * len(prompts)))

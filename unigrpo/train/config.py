@@ -108,6 +108,8 @@ def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
 
 def _coerce(key: str, value: Any, current: Any, annotation: Any) -> Any:
     """Parse/check ``value`` against the field's type (inferred from its annotation and default)."""
+    if isinstance(value, str) and isinstance(current, str):
+        return value  # text is text: a prompt with a colon is not a YAML mapping
     if isinstance(value, str) and value != "":
         try:
             value = yaml.safe_load(value)

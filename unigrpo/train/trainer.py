@@ -110,7 +110,10 @@ class Trainer:
             raise ValueError(f"task {self.task.name!r} has no training prompts")
         self.rewards = self.task.rewards()
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas,
+        trained = [p for p in self.policy.parameters() if p.requires_grad]  # frozen parts (LoRA bases, VAE) stay out
+        if not trained:
+            raise ValueError("the policy has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay)
         self.scheduler = get_scheduler(o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=cfg.train.iterations * optimizer_steps_per_iteration(cfg))
@@ -142,9 +145,7 @@ class Trainer:
         """Continue from a verified checkpoint: weights, optimizer, schedule, RNG streams,
         counters and the metrics so far (``metrics.jsonl`` is rewritten from them, so a
         torn last line or the rows of an iteration that died are gone)."""
-        loaded = type(self.policy).from_pretrained(ckpt / "policy", device=self.device).state_dict()
-        check_finite(loaded, str(ckpt / "policy"))
-        self.policy.load_state_dict(loaded)
+        self.policy.load_weights(ckpt / "policy")
         state = checkpointing.load_trainer_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ...task import ModelConfig
 from .checkpoint import CheckpointError
 from .config import ShapesConfig
 from .shapes_model import KVImageContext, ShapesModel
@@ -26,9 +27,11 @@ SFT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "shapes-sft"
 BUILTIN_CHECKPOINTS = {"builtin:shapes-sft": SFT_CHECKPOINT}
 
 
-def load_policy(checkpoint: str, device: torch.device | str = "cpu") -> ShapesModel:
-    """The ``shapes`` policy loader (``model.type=shapes``): a model directory, a run or
-    ``checkpoint-*`` directory (verified), or ``builtin:shapes-sft``."""
+def load_policy(model: ModelConfig, device: torch.device | str = "cpu") -> ShapesModel:
+    """The ``shapes`` policy loader (``model.type=shapes``): ``model.checkpoint`` is a model
+    directory, a run or ``checkpoint-*`` directory (verified), or ``builtin:shapes-sft``
+    (the default)."""
+    checkpoint = model.checkpoint or "builtin:shapes-sft"
     if checkpoint.startswith("builtin:") and checkpoint not in BUILTIN_CHECKPOINTS:
         raise ValueError(f"model.checkpoint {checkpoint!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
     if checkpoint in BUILTIN_CHECKPOINTS:
