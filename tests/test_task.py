@@ -199,6 +199,21 @@ def test_prompts_task_trains_the_builtin_model_from_the_cli(tmp_path):
     assert results["metrics"]["overall"] == pytest.approx(rows[-1]["eval/overall"])
 
 
+def test_prompts_task_evaluates_with_guidance_when_asked():
+    from unigrpo.rollout.inference import sample_images
+    from unigrpo.task import TaskConfig
+
+    policy = ToyPolicy()
+    rewards = WeightedRewards([("bright", REWARDS.get("brightness")(), 1.0)])
+
+    def overall(scale):
+        cfg = TaskConfig(name="prompts", eval_steps=3, eval_guidance_scale=scale)
+        return PromptsTask(cfg, prompts=["a", "bb"], heldout=["dd", "e"], rewards=rewards).evaluate(policy, None)
+    images = sample_images(policy, ["dd", "e"], steps=3, guidance_scale=5.0)[0]
+    assert overall(5.0)["overall"] == pytest.approx(float(rewards(images, ["dd", "e"], [{}, {}]).total.mean()))
+    assert overall(5.0)["overall"] != overall(1.0)["overall"]
+
+
 def test_policy_registry_loads_the_builtin_checkpoint():
     policy = POLICIES.get("shapes")(ModelConfig(), "cpu")  # the default checkpoint: builtin:shapes-sft
     assert policy.num_parameters() > 1_000_000

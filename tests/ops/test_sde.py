@@ -131,6 +131,60 @@ def test_flow_grpo_step_loss_matches_reference(device, backend, dtype, penalty):
     assert 0 <= float(out.stats["clip_frac"]) <= 1
 
 
+def _guard_batch(device, dtype, b=6, shape=(3, 5, 7)):
+    """A rollout step under v_old with the noise it took as stored ((x_next - mean_old) / std:
+    the drawn noise up to x_next's rounding), and a moved policy v."""
+    x, _, v_old, v_ref, sig, nxt = _batch(device, b, shape, dtype)
+    xn, mean_old, std, old = sde_step(x, v_old, sig, nxt, 0.7, backend="torch")
+    eps = (xn.float() - mean_old) / std.view(-1, 1, 1, 1)
+    v = (v_old.float() + 0.05 * torch.randn(x.shape, device=device)).to(dtype)
+    return x, xn, v_old, v, v_ref, sig, nxt, eps, old
+
+
+@pytest.mark.parametrize("device,backend", PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grpo_guard_ratio_matches_flow_factorys_form(device, backend, dtype):
+    # the op computes mean(eps * (mean - mean_old)); the reference Flow-Factory's
+    # exp((logp - old_logp) * std + mse(mean, mean_old) / (2 std)): the same number
+    _skip(device, backend, dtype)
+    x, xn, v_old, v, v_ref, sig, nxt, eps, old = _guard_batch(device, dtype)
+    adv = torch.tensor([1.0, 1.0, -1.0, -0.5, -2.0, 0.7], device=device)
+    # the unmoved policy: ratio 1, as the plain ratio (the guard must not shift it)
+    same = flow_grpo_step_loss(v_old, v_ref, x, xn, sig, nxt, old, adv, noise=eps, backend=backend)
+    assert torch.allclose(same.stats["ratio_mean"], torch.ones(()), atol=1e-5)
+    vv = v.clone().requires_grad_(True)
+    out = flow_grpo_step_loss(vv, v_ref, x, xn, sig, nxt, old, adv, clip_range=0.5, noise=eps, backend=backend)
+    v64 = v.double().flatten(1).requires_grad_(True)
+    ref_loss, _ = R.flow_grpo_step_loss(v64, v_ref.double().flatten(1), x.double().flatten(1),
+                                        xn.double().flatten(1), sig, nxt, 0.7, old.double(), adv, 0.5,
+                                        noise=eps.double().flatten(1))
+    assert_close_earned(out.loss, ref_loss, rtol=1e-4, atol=1e-5)
+    (grad,) = torch.autograd.grad(out.loss.sum(), vv)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), v64)
+    assert_close_earned(grad.flatten(1), ref_grad, dtype, rtol=1e-3, atol=1e-6)
+
+
+def test_grpo_guard_removes_the_left_shift_of_the_image_ratio():
+    # for a fixed policy move, over the rollout's noise the plain log-ratio averages
+    # -mse(mean, mean_old) / (2 std^2) < 0 (GRPO-Guard's "left shift"); the guard's averages 0
+    g = torch.Generator().manual_seed(0)
+    b, d = 4096, 64
+    sig, nxt = torch.full((b,), 0.6), torch.full((b,), 0.5)
+    x, v_old = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    v = v_old + 0.3 * torch.randn(1, d, generator=g)  # one move, every row
+    eps = torch.randn(b, d, generator=g)
+    xn, _, std, old = sde_step(x, v_old, sig, nxt, 0.7, noise=eps)
+    zero = torch.zeros(b)
+    plain = flow_grpo_step_loss(v, v, x, xn, sig, nxt, old, zero, clip_range=1.0)
+    guard = flow_grpo_step_loss(v, v, x, xn, sig, nxt, old, zero, clip_range=1.0, noise=eps)
+    _, cv, _, _ = sde_coefficients(sig, nxt, 0.7)
+    drift = ((cv[:, None] * (v - v_old)) ** 2).mean(-1) / (2 * std**2)
+    plain_lr, guard_lr = torch.log(plain.ratio), torch.log(guard.ratio)
+    se = guard_lr.std() / math.sqrt(b)
+    assert plain_lr.mean() < -0.5 * drift.mean() and drift.mean() > 20 * se
+    assert abs(guard_lr.mean()) < 4 * se
+
+
 def test_latent_kl_is_time_weighted_velocity_mse():
     """docs/method.md: FlowGRPO's KL = (1 + a^2/2)^2 dt^2 (1 - sigma) / (2 a^2 sigma) * mean (v - v_ref)^2."""
     x, xn, v, v_ref, sig, nxt = _batch("cpu")

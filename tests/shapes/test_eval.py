@@ -3,6 +3,7 @@ modes are paired, and runs repeat exactly."""
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -51,6 +52,27 @@ def test_sampling_repeats_exactly(tmp_path):
     d = sample_images(m, texts, steps=3, temperature=0.0, max_new_tokens=5, seed=4, batch_size=2)
     assert c[1] == d[1]
     assert (c[0].int() - d[0].int()).abs().max() <= 1
+
+
+def test_evaluation_guidance_is_cfg_against_the_empty_prompt(tmp_path):
+    from unigrpo.rollout import denoise
+
+    m = _tiny_checkpoint(tmp_path / "ckpt").eval()
+    texts = ["a red circle", "three triangles"]
+    plain = sample_images(m, texts, reasoning=False, steps=3, seed=1)[0]
+    assert torch.equal(plain, sample_images(m, texts, reasoning=False, steps=3, seed=1, guidance_scale=1.0)[0])
+    guided = sample_images(m, texts, reasoning=False, steps=3, seed=1, guidance_scale=4.0)[0]
+    # by hand: v_u + 4 (v_c - v_u) from the same noise
+    b = m.encode_prompts(texts, reasoning=False)
+    e = m.encode_prompts(["", ""], reasoning=False)
+    x1 = torch.randn((2, *m.latent_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        traj = denoise(m, m.image_context(b.ids, b.mask), m.sigma_schedule(3), 0.0, x1, None, record=False,
+                       uncond=m.image_context(e.ids, e.mask), guidance_scale=4.0)
+        expected = m.latents_to_images(traj.latents[:, -1])
+    assert torch.equal(guided, expected) and not torch.equal(guided, plain)
+    with pytest.raises(ValueError, match="--guidance-scale must be >= 1"):
+        EvalConfig(guidance_scale=0.5).validate()
 
 
 def test_evaluate_in_process_and_table(tmp_path):

@@ -57,10 +57,27 @@ def test_config_overrides_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ training
-def test_first_inner_update_has_ratio_one(tmp_path):
-    m = trainer(tmp_path, ["train.iterations=1"]).train_iteration()
+@pytest.mark.parametrize("guard", [False, True])
+def test_first_inner_update_has_ratio_one(tmp_path, guard):
+    t = trainer(tmp_path, ["train.iterations=1", f"loss.grpo_guard={str(guard).lower()}",
+                           "train.num_inner_epochs=2"])
+    m = t.train_iteration()
     assert abs(m["first_minibatch/text_ratio_mean"] - 1) < 1e-5
     assert abs(m["first_minibatch/image_ratio_mean"] - 1) < 1e-5
+    assert m["image/ratio_mean"] != 1  # later minibatches see the moved policy
+
+
+def test_grpo_guard_without_the_rollouts_noise_is_a_named_error(tmp_path):
+    from tiny_runs import PROMPTS
+
+    from unigrpo.rollout import generate_rounds
+    from unigrpo.train.losses import TokenNorm, joint_loss
+
+    t = trainer(tmp_path, ["loss.grpo_guard=true"])
+    batch = generate_rounds(t.policy, PROMPTS[:1], [{}], t.rewards, t.cfg.rollout)  # keep_noise not asked
+    adv = group_advantages(batch.rewards, batch.group_ids, "group", 5.0)
+    with pytest.raises(ValueError, match="loss.grpo_guard needs the rollout's step noise"):
+        joint_loss(t.policy, t.ref, batch, adv, t.cfg.loss, TokenNorm())
 
 
 def test_few_iterations_improve_a_toy_reward(tmp_path):
@@ -109,8 +126,9 @@ def _weights(policy):
     return {k: v.clone() for k, v in policy.state_dict().items()}
 
 
-def test_resume_continues_exactly(tmp_path):
-    common = ["train.iterations=4", "train.save_every=2", "optim.lr=3e-3"]
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_resume_continues_exactly(tmp_path, ema):
+    common = ["train.iterations=4", "train.save_every=2", "optim.lr=3e-3", f"train.ema_decay={ema}"]
     full = trainer(tmp_path / "full", common)
     full_hist = full.fit()
     part = trainer(tmp_path / "part", common)  # the same run (same lr schedule), stopped at 2
@@ -124,11 +142,44 @@ def test_resume_continues_exactly(tmp_path):
     hist = resumed.fit()
     for k, v in _weights(full.policy).items():
         assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    if ema:
+        assert all(torch.equal(a, b) for a, b in zip(full.ema.shadow, resumed.ema.shadow))
     drop = ("train/iteration_s", "train/rounds_per_s")
     strip = lambda h: [{k: v for k, v in row.items() if k not in drop} for row in h]  # noqa: E731
     assert strip(hist) == strip(full_hist)
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_ema_averages_the_trained_weights_and_the_evaluation_uses_it(tmp_path):
+    from unigrpo.train.ema import ParameterEMA
+
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    ema = ParameterEMA([p], 0.9)
+    for step in range(1, 4):
+        p.data.fill_(step)
+        ema.update()
+    expected = 0.9**3 * 0 + 0.1 * (0.9**2 * 1 + 0.9 * 2 + 3)  # fp32 shadow: 0.561 is not a bf16 number
+    assert ema.shadow[0].dtype == torch.float32 and ema.shadow[0][0].item() == pytest.approx(expected, rel=1e-6)
+    with ema.applied():
+        assert p[0].item() == pytest.approx(expected, rel=1e-2)
+    assert torch.equal(p.data, torch.full((3,), 3.0, dtype=torch.bfloat16))  # restored
+    with pytest.raises(ValueError, match="train.ema_decay must be in"):
+        ParameterEMA([p], 1.0)
+
+    cfg = load_config(None, FAST + [f"train.output_dir={tmp_path}", "train.iterations=2", "train.ema_decay=0.5",
+                                    "optim.lr=1e-2"])
+    t = Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False)
+    seen = []
+    t.task.evaluate = lambda policy, out: seen.append(_weights(policy)) or {"overall": 0.0}
+    t.fit()
+    trained = _weights(t.policy)
+    params = dict(t.policy.named_parameters())
+    name = next(n for n, q in params.items() if q.requires_grad)
+    index = [q for q in params.values() if q.requires_grad].index(params[name])
+    assert torch.equal(seen[-1][name], t.ema.shadow[index].to(seen[-1][name].dtype))  # evaluated: the EMA
+    assert not torch.equal(seen[-1][name], trained[name])  # ...which is not the trained weights
+    assert t.ema.updates == t.counters["optimizer_steps"]
 
 
 def test_checkpoint_is_atomic_and_complete(tmp_path):

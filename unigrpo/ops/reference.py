@@ -94,9 +94,12 @@ def velocity_mse(v, v_ref, weight=None):
 
 
 def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old_logp, advantages,
-                        clip_range=1e-4, penalty="velocity_mse"):
+                        clip_range=1e-4, penalty="velocity_mse", noise=None):
     """Per-row FlowGRPO clipped surrogate and the unweighted penalty: a tuple
     (surrogate (B,), penalty (B,)), fp32 (fp64 for fp64 inputs).
+
+    noise (the rollout's eps, x_next = mean_old + std * eps): GRPO-Guard's ratio, in
+    Flow-Factory's form exp((logp - old_logp) * std + mean((mean - mean_old)^2) / (2 std)).
 
     penalty: "velocity_mse" (UniGRPO: mean((v - v_ref)^2)), "latent_kl"
     (FlowGRPO: mean((mean - mean_ref)^2) / (2 s^2)) or "none" (zeros). The
@@ -104,7 +107,13 @@ def flow_grpo_step_loss(v, v_ref, x, x_next, sigma, sigma_next, noise_level, old
     """
     x, x_next, v, v_ref = _rows(x), _rows(x_next), _rows(v), _rows(v_ref)
     logp = sde_step_logprob(x, x_next, v, sigma, sigma_next, noise_level)
-    surrogate = clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_range, clip_range)
+    log_ratio = logp - old_logp
+    if noise is not None:
+        cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)
+        mean = cx[:, None] * _f(x) + cv[:, None] * _f(v)
+        mean_old = _f(x_next) - std[:, None] * _f(_rows(noise))
+        log_ratio = log_ratio * std + ((mean - mean_old) ** 2).mean(-1) / (2 * std)
+    surrogate = clipped_surrogate(torch.exp(log_ratio), advantages, clip_range, clip_range)
     if penalty == "velocity_mse":
         pen = velocity_mse(v, v_ref)
     elif penalty == "latent_kl":

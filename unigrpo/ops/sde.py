@@ -172,18 +172,28 @@ class FlowStepLoss:
     """loss: (B,) fp32 per-step clipped surrogate; logp: (B,) fp32;
     penalty: (B,) fp32 unweighted penalty term (velocity MSE, latent KL or zeros),
     not included in ``loss`` (the caller weights it);
-    velocity_mse: (B,) fp32 always; stats: 0-dim fp32 tensors (no host sync)."""
+    velocity_mse: (B,) fp32 always; stats: 0-dim fp32 tensors (no host sync);
+    ratio: (B,) fp32, the importance ratio the surrogate clipped (detached)."""
 
     loss: Tensor
     logp: Tensor
     penalty: Tensor
     velocity_mse: Tensor
     stats: dict[str, Tensor]
+    ratio: Tensor
+
+
+def _guard_log_ratio(v: Tensor, x: Tensor, x_next: Tensor, noise: Tensor, cx: Tensor, cv: Tensor,
+                     std: Tensor) -> Tensor:
+    """mean(eps * (mean - mean_old)) per row, with mean_old = x_next - std * eps (fp32)."""
+    eps = noise.float()
+    mean = cx[:, None] * x.float() + cv[:, None] * v.float()
+    return (eps * (mean - x_next.float() + std[:, None] * eps)).mean(-1)
 
 
 def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sigma, sigma_next,
                         old_logp: Tensor, advantages: Tensor, *, noise_level: float = 0.7,
-                        clip_range: float = 1e-4, penalty: str = "velocity_mse",
+                        clip_range: float = 1e-4, penalty: str = "velocity_mse", noise: Tensor | None = None,
                         backend: str | None = None) -> FlowStepLoss:
     """FlowGRPO clipped surrogate on one denoising step per row, and a penalty.
 
@@ -194,6 +204,13 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
     (UniGRPO, mean (v - v_ref)^2), "latent_kl" (FlowGRPO, mean (mean - mean_ref)^2
     / (2 s^2)) or "none" (constant zeros). Differentiable w.r.t. v.
     One kernel pass reads v, v_ref, x, x_next once for both sums.
+
+    ``noise`` (the rollout's step noise eps as x_next stores it, (x_next - mean_old) / std;
+    the drawn noise for fp32 latents; shape of v):
+    the ratio is GRPO-Guard's normalised one, exp(mean(eps * (mean - mean_old))), which
+    is FlowGRPO's log-ratio times std plus mean((mean - mean_old)^2) / (2 std): the
+    drift term that pulls the plain ratio's mean below 1 is removed and every step's
+    log-ratio is on one scale. ``old_logp`` is then unused (the noise carries mean_old).
     """
     check_backend_name(backend)
     if penalty not in PENALTIES:
@@ -206,12 +223,18 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
     sigma, sigma_next = _sigmas(sigma, sigma_next, b, v2.device)
     old_logp = as_f32_vector("old_logp", old_logp, b, v2.device)
     advantages = as_f32_vector("advantages", advantages, b, v2.device)
+    if noise is not None:
+        check_no_grad(noise=noise)
+        check_tensor("noise", noise, v.dim(), REAL_FLOAT_DTYPES, v.device, v.shape)
     cx, cv, std, s = sde_coefficients(sigma, sigma_next, _noise_level(noise_level))
     be = get_backend(v2.device, backend)
     s1, s2 = SdeRowSumsFn.apply(v2, x2, xn2, cx, cv, vr2, None, True, True, be)
 
     logp = -s1 / (2 * std**2 * d) - torch.log(std) - LOG_SQRT_2PI
-    ratio = torch.exp(logp - old_logp)
+    if noise is None:
+        ratio = torch.exp(logp - old_logp)
+    else:
+        ratio = torch.exp(_guard_log_ratio(v2, x2, xn2, noise.reshape(b, -1), cx, cv, std))
     loss = clipped_surrogate(ratio, advantages, clip_range, clip_range)
     vmse = s2 / d
     # mean - mean_ref = cv (v - v_ref), so FlowGRPO's KL is a cv^2 / (2 s^2)-weighted velocity MSE
@@ -226,4 +249,4 @@ def flow_grpo_step_loss(v: Tensor, v_ref: Tensor, x: Tensor, x_next: Tensor, sig
             "velocity_mse": vmse.detach().mean(),
             "penalty": pen.detach().mean(),
         }
-    return FlowStepLoss(loss, logp, pen, vmse, stats)
+    return FlowStepLoss(loss, logp, pen, vmse, stats, r)

@@ -22,7 +22,8 @@ class RolloutBatch:
     Image — sigmas fp32 (K + 1,) from 1 to 0; latents (B, K + 1, *latent_shape)
     (latents[:, k] at sigmas[k]); step_logprobs fp32 (B, K) (old log-probs of the
     SDE transitions); train_steps bool (B, K) (the steps to train); images uint8
-    (B, H, W, 3).
+    (B, H, W, 3); step_noise fp32 (B, K, *latent_shape) or None: the noise each SDE
+    step drew (kept on request, for GRPO-Guard's ratio).
     Reward — rewards fp32 (B,) (weighted total), reward_components name -> fp32 (B,).
     Bookkeeping — group_ids int64 (B,), prompts (B strings), metadata (B objects),
     and the sampling settings the training path must reuse.
@@ -46,6 +47,7 @@ class RolloutBatch:
     temperature: float
     noise_level: float
     guidance_scale: float = 1.0
+    step_noise: Tensor | None = None
 
     def __len__(self) -> int:
         return self.ids.shape[0]

@@ -43,11 +43,12 @@ def _sde_steps(cfg: RolloutConfig) -> int | None:
 @torch.no_grad()
 def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Sequence[Any],
                     rewards: WeightedRewards, cfg: RolloutConfig,
-                    generator: torch.Generator | None = None) -> RolloutBatch:
+                    generator: torch.Generator | None = None, *, keep_noise: bool = False) -> RolloutBatch:
     """G = cfg.num_generations rounds for each prompt, batched, rewards included.
 
     prompts: P strings; metadata: P objects handed to the rewards (e.g. the
-    task's Prompt). ``generator`` (on the policy's device) seeds everything."""
+    task's Prompt). ``generator`` (on the policy's device) seeds everything.
+    ``keep_noise``: keep the SDE steps' noise in the batch (``step_noise``)."""
     cfg.validate()
     if len(prompts) != len(metadata):
         raise ValueError(f"{len(prompts)} prompts but {len(metadata)} metadata entries")
@@ -90,4 +91,5 @@ def generate_rounds(policy: UnifiedPolicy, prompts: Sequence[str], metadata: Seq
         step_logprobs=traj.step_logprobs, train_steps=train_step_mask(b, cfg.num_inference_steps, cfg, cpu_gen),
         images=images, rewards=reward.total, reward_components=reward.components,
         group_ids=torch.arange(len(prompts)).repeat_interleave(g), prompts=texts, metadata=meta,
-        temperature=r.temperature, noise_level=cfg.noise_level, guidance_scale=cfg.guidance_scale)
+        temperature=r.temperature, noise_level=cfg.noise_level, guidance_scale=cfg.guidance_scale,
+        step_noise=eps.transpose(0, 1) if keep_noise and eps is not None else None)

@@ -17,8 +17,11 @@ __all__ = ["sample_images"]
 @torch.no_grad()
 def sample_images(policy: UnifiedPolicy, texts: Sequence[str], *, reasoning: bool = True, steps: int = 40,
                   temperature: float = 1.0, max_new_tokens: int = 48, seed: int = 0,
-                  batch_size: int = 128) -> tuple[torch.Tensor, list[str], list[bool]]:
+                  batch_size: int = 128, guidance_scale: float = 1.0) -> tuple[torch.Tensor, list[str], list[bool]]:
     """Reason (optionally) then draw, deterministically for a seed.
+
+    ``guidance_scale`` > 1: classifier-free guidance against the empty prompt (evaluation
+    only: the trainer never samples with it unless ``rollout.guidance_scale`` says so).
 
     Returns (uint8 images (N, H, W, 3), N generated reasoning strings ("" when
     ``reasoning`` is False), N truncation flags).  The initial noise of image
@@ -43,6 +46,11 @@ def sample_images(policy: UnifiedPolicy, texts: Sequence[str], *, reasoning: boo
             reasonings += [""] * len(chunk)
             truncated += [False] * len(chunk)
         x1 = noise_all[start:start + len(chunk)].to(policy.device)
-        traj = denoise(policy, policy.image_context(ids, mask), sigmas, 0.0, x1, None, record=False)
+        uncond = None
+        if guidance_scale != 1.0:
+            empty = policy.encode_prompts([""] * len(chunk), reasoning=False)
+            uncond = policy.image_context(empty.ids, empty.mask)
+        traj = denoise(policy, policy.image_context(ids, mask), sigmas, 0.0, x1, None, record=False,
+                       uncond=uncond, guidance_scale=guidance_scale)
         images.append(policy.latents_to_images(traj.latents[:, -1]))
     return torch.cat(images), reasonings, truncated

@@ -64,6 +64,7 @@ class EvalConfig:
     split_seed: int = bounded(0, ge=0)
     seed: int = bounded(0, ge=0)
     temperature: float = bounded(1.0, ge=0, help="reasoning temperature (0: greedy)")
+    guidance_scale: float = bounded(1.0, ge=1, help="classifier-free guidance against the empty prompt (1: none)")
     max_new_tokens: int = bounded(48, ge=1)
     batch_size: int = bounded(128, ge=1)
     grid_per_category: int = bounded(3, ge=0)
@@ -129,7 +130,8 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
         t0 = time.perf_counter()
         images, reasonings, truncated = sample_images(
             policy, texts, reasoning=mode == "reasoning", steps=cfg.steps, temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
+            guidance_scale=cfg.guidance_scale)
         strict, breakdown = score(images, prompts, "strict")
         shaped = breakdown.shaped
         plan_ok = []
@@ -209,8 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-reasoning", action="store_true", help="draw from the bare prompt (reasoning left out)")
     g.add_argument("--both", action="store_true", help="run with and without reasoning, paired")
     p.add_argument("--split", choices=("heldout", "train"), default=d.split)
-    add_flags(p, d, ["steps", "images_per_category", "split_seed", "seed", "temperature", "max_new_tokens",
-                     "batch_size", "threads"])
+    add_flags(p, d, ["steps", "images_per_category", "split_seed", "seed", "temperature", "guidance_scale",
+                     "max_new_tokens", "batch_size", "threads"])
     return p
 
 
@@ -219,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = ("reasoning", "no_reasoning") if a.both else (("no_reasoning",) if a.no_reasoning else ("reasoning",))
     cfg = EvalConfig(checkpoint=a.checkpoint, out=a.out, steps=a.steps, modes=modes,
                      images_per_category=a.images_per_category, split=a.split, split_seed=a.split_seed, seed=a.seed,
-                     temperature=a.temperature, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
-                     threads=a.threads)
+                     temperature=a.temperature, guidance_scale=a.guidance_scale, max_new_tokens=a.max_new_tokens,
+                     batch_size=a.batch_size, threads=a.threads)
     def setup() -> ShapesModel:
         cfg.validate()
         policy, which = load_checkpoint(cfg.checkpoint)

@@ -50,6 +50,8 @@ class LoopConfig:
     save_every: int = bounded(100, ge=1, help="iterations between checkpoints")
     eval_every: int = bounded(100, ge=1, help="iterations between held-out evaluations (task.eval_* set their size)")
     bf16_autocast: bool = True      # on CUDA only
+    ema_decay: float = bounded(0.0, ge=0, lt=1, help="EMA of the trained weights, used by the held-out "
+                                                     "evaluations (0: off)")
 
 
 def optimizer_steps_per_iteration(cfg: "TrainConfig") -> int:

@@ -46,6 +46,10 @@ class LossConfig:
     scale_rewards: str = "group"         # group | batch | none (Dr. GRPO)
     adv_clip_max: float = bounded(5.0, gt=0, help="advantages clipped to +-this (FlowGRPO)")
     clip_range: float = bounded(1e-4, gt=0, help="image ratio clip (FlowGRPO)")
+    # GRPO-Guard's ratio normalisation of the image steps (FlowGRPO, Flow-Factory, the public
+    # UniGRPO reproduction on Bagel): removes the drift that pulls the image ratio's mean below 1
+    # and puts every step's log-ratio on one scale; the rollout keeps its step noise for it
+    grpo_guard: bool = False
     # weight of the image penalty. It is not scale-free: Adam follows whichever gradient dominates,
     # and the surrogate's is small (mean-over-dims log-probs, clip 1e-4); on the built-in model the
     # penalty's gradient at beta_v=1 is 10-500x the surrogate's and pins the image policy
@@ -137,6 +141,9 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
     """(mean clipped surrogate, mean penalty, stats) over the trained (round, step) pairs.
     ctx: the policy's image context of ``mb.ids`` (with autograd history unless
     ``image_context_grad`` is off)."""
+    if cfg.grpo_guard and mb.step_noise is None:
+        raise ValueError("loss.grpo_guard needs the rollout's step noise: an SDE rollout (rollout.noise_level > 0) "
+                         "generated with keep_noise=True")
     rows, steps = mb.train_steps.to(mb.ids.device).nonzero(as_tuple=True)
     sig, sig_next = mb.sigmas[steps], mb.sigmas[steps + 1]
     x, x_next = mb.latents[rows, steps], mb.latents[rows, steps + 1]
@@ -157,7 +164,8 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
             ref_ctx = ref.image_context(mb.ids, mb.mask).select(rows)
             v_ref = guided_velocity(ref, x, sig, ref_ctx, uncond_context(ref), mb.guidance_scale)
     out = ops.flow_grpo_step_loss(v, v_ref, x, x_next, sig, sig_next, mb.step_logprobs[rows, steps], adv[rows],
-                                  noise_level=mb.noise_level, clip_range=cfg.clip_range, penalty=cfg.image_penalty)
+                                  noise_level=mb.noise_level, clip_range=cfg.clip_range, penalty=cfg.image_penalty,
+                                  noise=mb.step_noise[rows, steps] if cfg.grpo_guard else None)
     stats = {f"image/{k}": s for k, s in out.stats.items()}
     return out.loss.mean(), out.penalty.mean(), stats
 

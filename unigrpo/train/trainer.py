@@ -9,6 +9,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..integrity import check_finite
+from ..integrity import CheckpointError, check_finite
 from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
@@ -26,6 +27,7 @@ from ..task import Task, build_task, resolve_device
 from . import checkpointing
 from .advantages import group_advantages
 from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
+from .ema import ParameterEMA
 from .losses import TokenNorm, joint_loss, trained_token_mask
 
 
@@ -115,6 +117,7 @@ class Trainer:
             raise ValueError("the policy has no trainable parameters")
         self.optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas,
                                            weight_decay=o.weight_decay)
+        self.ema = ParameterEMA(trained, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.scheduler = get_scheduler(o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=cfg.train.iterations * optimizer_steps_per_iteration(cfg))
         self.generators = {
@@ -135,7 +138,7 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": checkpointing.rng_state(self.generators), "counters": dict(self.counters),
-                "history": self.history}
+                "history": self.history, **({"ema": self.ema.state_dict()} if self.ema else {})}
 
     def save(self) -> Path:
         return checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, self._trainer_state(),
@@ -149,6 +152,11 @@ class Trainer:
         state = checkpointing.load_trainer_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{ckpt}: train.ema_decay is on but the checkpoint holds no EMA "
+                                      "(it was written with the EMA off)")
+            self.ema.load_state_dict(state["ema"])
         checkpointing.set_rng_state(state["rng"], self.generators)
         self.counters.update(state["counters"])
         self.history = state["history"]
@@ -168,7 +176,8 @@ class Trainer:
         self.policy.eval()
         try:
             batch = generate_rounds(self.policy, [p.text for p in chosen], [p.metadata for p in chosen],
-                                    self.rewards, cfg.rollout, self.generators["rollout"])
+                                    self.rewards, cfg.rollout, self.generators["rollout"],
+                                    keep_noise=cfg.loss.grpo_guard)
         except NonFiniteRewardError as e:
             self.counters["skipped_nonfinite_reward"] += 1
             return {"skipped": f"non-finite reward: {e}"}
@@ -216,15 +225,18 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return float("nan")
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.counters["optimizer_steps"] += 1
         return float(norm)
 
     def evaluate(self, tag: str) -> dict[str, float]:
-        """The task's held-out evaluation, written to ``RUN/eval-<tag>/``, as ``eval/*`` metrics."""
+        """The task's held-out evaluation, written to ``RUN/eval-<tag>/``, as ``eval/*`` metrics
+        (of the EMA weights when ``train.ema_decay`` is on)."""
         self.policy.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.ema.applied() if self.ema is not None else nullcontext():
             res = self.task.evaluate(self.policy, self.run_dir / f"eval-{tag}")
         if "overall" not in res:
             raise ValueError(f"task {self.task.name!r}: evaluate() must return an 'overall' metric, got {sorted(res)}")
