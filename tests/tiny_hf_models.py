@@ -76,15 +76,17 @@ def _vae(latent_channels: int, shift: float, scale: float):
                          use_quant_conv=False, use_post_quant_conv=False, shift_factor=shift, scaling_factor=scale)
 
 
-def save_sd3(directory: Path, seed: int = 0) -> Path:
-    """A tiny StableDiffusion3Pipeline (two CLIP encoders + T5, patch size 1, 4 latent channels)."""
+def save_sd3(directory: Path, seed: int = 0, heads: int = 4, head_dim: int = 8, layers: int = 2) -> Path:
+    """A tiny StableDiffusion3Pipeline (two CLIP encoders + T5, patch size 1, 4 latent channels);
+    the transformer's width (heads x head_dim) and depth set its size."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(seed)
     tok = byte_bpe_tokenizer()
     pipe = StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=4, num_layers=2,
-                                          attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+        transformer=SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=4, num_layers=layers,
+                                          attention_head_dim=head_dim, num_attention_heads=heads,
+                                          caption_projection_dim=heads * head_dim,
                                           joint_attention_dim=32, pooled_projection_dim=64, out_channels=4),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(4, 0.0609, 1.5035),
