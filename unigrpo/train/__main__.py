@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt, fail
-from . import checkpointing
+from . import checkpointing, distributed
 from .config import help_text, load
 from .trainer import Trainer
 
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     if trainer.iteration == 0 and args.resume:
         print(f"{PROG}: {run_dir} has no checkpoint yet: starting it from its beginning", file=sys.stderr)
     history, code = attempt(trainer.fit, RUN_ERRORS, PROG)
+    distributed.shutdown()
     if code:
         return code
     evals = [h for h in history if "eval/overall" in h]

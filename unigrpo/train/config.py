@@ -21,6 +21,7 @@ from ..config_bounds import bounded, check_bounds, describe
 from ..io import atomic_write_text
 from ..rollout import RolloutConfig
 from ..task import ModelConfig, TaskConfig
+from .distributed import ParallelConfig
 from .losses import LossConfig
 
 LR_SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
@@ -71,6 +72,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         """Every section's ranges and choices, then what training needs across sections."""
@@ -80,6 +82,7 @@ class TrainConfig:
         self.loss.validate()
         check_bounds(self.optim, "optim")
         check_bounds(self.train, "train")
+        self.parallel.validate()
         if self.optim.lr_scheduler_type not in LR_SCHEDULERS:
             raise ValueError(f"optim.lr_scheduler_type must be one of {LR_SCHEDULERS}, "
                              f"got {self.optim.lr_scheduler_type!r}")

@@ -26,6 +26,7 @@ from ..policy import ImageContext, UnifiedPolicy, hidden_token_logprobs
 from ..rollout import RolloutBatch, guided_velocity
 
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
+TOKEN_SUM_TYPES = ("dapo", "bnpo")  # normalised by a token count over every rank
 PENALTIES = ops.sde.PENALTIES
 
 
@@ -81,11 +82,15 @@ class LossConfig:
 class TokenNorm:
     """What the text loss of one minibatch is divided by, fixed before the step:
     ``accumulation`` minibatches make one optimizer step and hold ``step_tokens``
-    reasoning tokens in all; ``max_tokens`` is ``rollout.max_reasoning_tokens``."""
+    reasoning tokens in all; ``max_tokens`` is ``rollout.max_reasoning_tokens``.
+    Data parallel: the counts are every rank's, and ``ranks`` undoes DDP's gradient
+    average for the token sums (``minibatch_tokens``: this minibatch's count, all ranks)."""
 
     accumulation: int = 1
     step_tokens: float = 1.0
     max_tokens: int = 1
+    ranks: int = 1
+    minibatch_tokens: float = 0.0
 
 
 def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
@@ -94,9 +99,10 @@ def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: Token
     sum of these over a step's minibatches is the step's loss."""
     mask = mask.float()
     if loss_type == "dapo":
-        return loss.sum() / max(norm.step_tokens, 1.0)
+        return loss.sum() * norm.ranks / max(norm.step_tokens, 1.0)
     if loss_type == "bnpo":
-        per_mb = loss.sum() / mask.sum().clamp_min(1)
+        tokens = mask.sum().clamp_min(1) if norm.ranks == 1 else max(norm.minibatch_tokens, 1.0)
+        per_mb = loss.sum() * norm.ranks / tokens
     elif loss_type == "grpo":
         per_mb = (loss.sum(1) / mask.sum(1).clamp_min(1)).mean()
     elif loss_type == "dr_grpo":
@@ -189,7 +195,10 @@ def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
     if cfg.train_text:
         lt, s = text_loss(policy, ref, mb, adv, cfg, hidden, norm)
         total = total + lt
-        stats.update(s, **{"loss/text": lt.detach() * (1 if cfg.loss_type == "dapo" else norm.accumulation)})
+        # back to this rank's share, before accumulation and the token sums' rank factor
+        scale = (1 if cfg.loss_type == "dapo" else norm.accumulation) / (
+            norm.ranks if cfg.loss_type in TOKEN_SUM_TYPES else 1)
+        stats.update(s, **{"loss/text": lt.detach() * scale})
     if cfg.train_image:
         li, reg, s = image_loss(policy, ref, mb, adv, cfg, ctx)
         image_total = cfg.lambda_img * li + cfg.beta_v * reg

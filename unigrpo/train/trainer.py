@@ -1,9 +1,11 @@
 """The UniGRPO training loop: rollouts -> rewards -> advantages -> inner epochs
 of shuffled minibatches with gradient accumulation -> AdamW step; metrics,
-periodic held-out evaluation, atomic checkpoints and exact resume."""
+periodic held-out evaluation, atomic checkpoints and exact resume; one process
+or many (``torchrun``, :mod:`unigrpo.train.distributed`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -15,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -24,7 +28,7 @@ from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
 from ..rollout import RolloutBatch, generate_rounds
 from ..task import Task, build_task, resolve_device
-from . import checkpointing
+from . import checkpointing, distributed
 from .advantages import group_advantages
 from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
 from .ema import ParameterEMA
@@ -58,23 +62,61 @@ def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def _reward_metrics(batch: RolloutBatch) -> dict[str, float]:
+def _reward_metrics(rewards: torch.Tensor, components: dict[str, torch.Tensor]) -> dict[str, float]:
     """reward/mean: the trained (weighted) reward; reward/<name>_*: each component."""
-    out = {"reward/mean": float(batch.rewards.mean())}
-    for name, scores in batch.reward_components.items():
+    out = {"reward/mean": float(rewards.mean())}
+    for name, scores in components.items():
         out[f"reward/{name}_mean"] = float(scores.mean())
         out[f"reward/{name}_std"] = float(scores.std()) if len(scores) > 1 else 0.0
     return out
 
 
-def plan_minibatches(batch: RolloutBatch, cfg: TrainConfig, generator: torch.Generator) -> list[list[torch.Tensor]]:
+def _rank_mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Every rank's metrics, each key averaged over the ranks that have it."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for k, v in row.items():
+            acc[k].append(v)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def plan_minibatches(batch: RolloutBatch, cfg: TrainConfig, generator: torch.Generator,
+                     size: int | None = None) -> list[list[torch.Tensor]]:
     """The iteration's optimizer steps, each a list of minibatch index tensors: the
     inner epochs' shuffled minibatches in order, ``gradient_accumulation_steps`` to a
     step (a last partial step still steps). Planned up front so that a step's token
-    count (the ``dapo`` normaliser) is known before its first backward."""
+    count (the ``dapo`` normaliser) is known before its first backward. ``size``: rounds
+    per minibatch on this rank (default ``train.minibatch_size``, the whole job's)."""
     t = cfg.train
-    flat = [idx for _ in range(t.num_inner_epochs) for idx in batch.minibatch_indices(t.minibatch_size, generator)]
+    size = t.minibatch_size if size is None else size
+    flat = [idx for _ in range(t.num_inner_epochs) for idx in batch.minibatch_indices(size, generator)]
     return [flat[i:i + t.gradient_accumulation_steps] for i in range(0, len(flat), t.gradient_accumulation_steps)]
+
+
+#: rank r's rollout generator is seeded seed + 1 + r * this (rank 0: as one process)
+ROLLOUT_SEED_STRIDE = 1_000_003
+
+
+class _JointLoss(nn.Module):
+    """``joint_loss`` as a module's forward, so that DistributedDataParallel can wrap it:
+    DDP then syncs the gradients of whatever policy methods the loss calls. The frozen
+    reference is held outside the module tree (never synchronised, never trained)."""
+
+    def __init__(self, policy: UnifiedPolicy, ref) -> None:
+        super().__init__()
+        self.policy = policy
+        self._ref = (ref,)
+
+    def forward(self, mb: RolloutBatch, adv: torch.Tensor, cfg, norm: TokenNorm):
+        return joint_loss(self.policy, self._ref[0], mb, adv, cfg, norm)
+
+
+def _check_divisible(cfg: TrainConfig, world: distributed.World) -> None:
+    for key, value in (("train.prompts_per_iteration", cfg.train.prompts_per_iteration),
+                       ("train.minibatch_size", cfg.train.minibatch_size)):
+        if value % world.size:
+            raise ValueError(f"{key}={value} must be a multiple of the {world.size} processes (each rank takes "
+                             "an equal share, so that N processes train what one would)")
 
 
 class Trainer:
@@ -85,18 +127,23 @@ class Trainer:
         """``task``: default ``build_task(cfg.task)``; ``policy``: default the task's
         ``build_policy(cfg.model)``; ``evaluate`` False skips the held-out evaluations."""
         cfg.validate()
-        self.cfg, self.progress, self.do_eval = cfg, progress, evaluate
-        self.device = resolve_device(cfg.model.device)
+        self.cfg, self.do_eval = cfg, evaluate
+        self.device = distributed.local_device(resolve_device(cfg.model.device))
+        self.world = distributed.setup(cfg.parallel, self.device)
+        _check_divisible(cfg, self.world)
+        self.progress = progress and self.world.main
         self.run_dir = Path(cfg.train.output_dir)
         if resume is None:
             _refuse_existing_run(self.run_dir)
             start_from = None
         else:
             start_from = _resume_point(Path(resume))
+        distributed.barrier(self.world)  # every rank has looked before rank 0 writes
         # the run's record first: an unwritable output fails before any work, and a run killed
         # from here on can be resumed with its own config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
@@ -121,7 +168,7 @@ class Trainer:
         self.scheduler = get_scheduler(o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=cfg.train.iterations * optimizer_steps_per_iteration(cfg))
         self.generators = {
-            "rollout": torch.Generator(self.device).manual_seed(seed + 1),
+            "rollout": torch.Generator(self.device).manual_seed(seed + 1 + ROLLOUT_SEED_STRIDE * self.world.rank),
             "shuffle": torch.Generator().manual_seed(seed + 2),
             "prompts": torch.Generator().manual_seed(seed + 3),
         }
@@ -131,18 +178,30 @@ class Trainer:
         self.resumed = resume is not None  # TensorBoard then drops events past the restart point
         if start_from is not None:
             self._resume(start_from)
-        elif resume is not None:  # no checkpoint yet: the run starts again from its beginning
+        elif resume is not None and self.world.main:  # no checkpoint yet: the run starts again
             atomic_write_text(self.run_dir / "metrics.jsonl", "")
+        self._loss = _JointLoss(self.policy, self.ref)
+        self._ddp = None  # DDP broadcasts rank 0's weights, so every rank starts from the same policy
+        if self.world.distributed:
+            self._ddp = DistributedDataParallel(self._loss, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                else None, find_unused_parameters=True)
 
     # ------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict[str, Any]:
+        rngs = distributed.gather_objects(checkpointing.rng_state(self.generators), self.world)
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": checkpointing.rng_state(self.generators), "counters": dict(self.counters),
+                "rng": rngs[0], "rng_per_rank": rngs, "counters": dict(self.counters),
                 "history": self.history, **({"ema": self.ema.state_dict()} if self.ema else {})}
 
-    def save(self) -> Path:
-        return checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, self._trainer_state(),
-                                             (self.run_dir / "config.yaml").read_text())
+    def save(self) -> Path | None:
+        """Every rank takes part (the RNG states are gathered); rank 0 writes."""
+        state = self._trainer_state()
+        path = None
+        if self.world.main:
+            path = checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, state,
+                                                 (self.run_dir / "config.yaml").read_text())
+        distributed.barrier(self.world)
+        return path
 
     def _resume(self, ckpt: Path) -> None:
         """Continue from a verified checkpoint: weights, optimizer, schedule, RNG streams,
@@ -157,11 +216,20 @@ class Trainer:
                 raise CheckpointError(f"{ckpt}: train.ema_decay is on but the checkpoint holds no EMA "
                                       "(it was written with the EMA off)")
             self.ema.load_state_dict(state["ema"])
-        checkpointing.set_rng_state(state["rng"], self.generators)
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
         self.counters.update(state["counters"])
         self.history = state["history"]
         self.iteration = state["iteration"]
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+        if len(per_rank) == self.world.size:
+            checkpointing.set_rng_state(per_rank[self.world.rank], self.generators)
+        else:  # another process count: rank 0's streams, fresh rollout streams for the other ranks
+            checkpointing.set_rng_state(per_rank[0], self.generators)
+            if self.world.rank:
+                self.generators["rollout"].manual_seed(self.cfg.train.seed + 1 + ROLLOUT_SEED_STRIDE * self.world.rank
+                                                       + self.iteration)
+        if self.world.main:
+            atomic_write_text(self.run_dir / "metrics.jsonl",
+                              "".join(json.dumps(row) + "\n" for row in self.history))
 
     # -------------------------------------------------------------- the loop
     def _autocast(self):
@@ -171,52 +239,75 @@ class Trainer:
     def train_iteration(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         start = time.perf_counter()
+        world = self.world
+        # the same global pick on every rank (same seed); rank r rolls out its contiguous share
         pick = torch.randperm(len(self.prompts), generator=self.generators["prompts"])[:t.prompts_per_iteration]
-        chosen = [self.prompts[i] for i in pick.tolist()]
+        chosen = [self.prompts[i] for i in pick.view(world.size, -1)[world.rank].tolist()]
         self.policy.eval()
+        batch, error = None, None
         try:
             batch = generate_rounds(self.policy, [p.text for p in chosen], [p.metadata for p in chosen],
                                     self.rewards, cfg.rollout, self.generators["rollout"],
                                     keep_noise=cfg.loss.grpo_guard)
         except NonFiniteRewardError as e:
+            error = e
+        if not distributed.all_true(error is None, world, self.device):  # every rank skips together
             self.counters["skipped_nonfinite_reward"] += 1
-            return {"skipped": f"non-finite reward: {e}"}
+            return {"skipped": f"non-finite reward: {error or 'on another rank'}"}
         rollout_s = time.perf_counter() - start
-        adv = group_advantages(batch.rewards, batch.group_ids, cfg.loss.scale_rewards,
-                               cfg.loss.adv_clip_max).to(self.device)
+        adv, rewards, components = self._advantages(batch, len(chosen))
         batch = batch.to(self.device)
         self.policy.train()
         stats, grad_norms = [], []
         token_mask = trained_token_mask(batch, cfg.loss)
-        for step in plan_minibatches(batch, cfg, self.generators["shuffle"]):
-            norm = TokenNorm(len(step), float(sum(int(token_mask[i.to(self.device)].sum()) for i in step)),
-                             cfg.rollout.max_reasoning_tokens)
+        for step in plan_minibatches(batch, cfg, self.generators["shuffle"], t.minibatch_size // world.size):
+            tokens = distributed.all_sum([float(token_mask[i.to(self.device)].sum()) for i in step], world,
+                                         self.device)
+            norm = TokenNorm(len(step), float(sum(tokens)), cfg.rollout.max_reasoning_tokens, world.size)
             self.optimizer.zero_grad(set_to_none=True)
             finite = True
-            for mb_idx in step:
+            for j, mb_idx in enumerate(step):
                 idx = mb_idx.to(self.device)
-                with self._autocast():
-                    loss, s = joint_loss(self.policy, self.ref, batch.select(idx), adv[idx], cfg.loss, norm)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                loss.backward()
+                # DDP reduces the gradients once per optimizer step, at its last minibatch
+                sync = self._ddp is None or j == len(step) - 1
+                with nullcontext() if sync else self._ddp.no_sync():
+                    with self._autocast():
+                        loss, s = (self._ddp or self._loss)(batch.select(idx), adv[idx], cfg.loss,
+                                                            dataclasses.replace(norm, minibatch_tokens=tokens[j]))
+                    if not distributed.all_true(bool(torch.isfinite(loss)), world, self.device):
+                        finite = False
+                        if self._ddp is not None:
+                            (loss * 0).backward()  # DDP expects a backward after each forward
+                        break
+                    loss.backward()
                 stats.append(s)
             if finite:
                 grad_norms.append(self._step())
             else:  # the whole step is dropped: a partial accumulation would change the objective
                 self.counters["skipped_nonfinite_loss"] += 1
                 self.optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - start
-        metrics = {**_reward_metrics(batch), **self.task.batch_metrics(batch), **_mean_stats(stats),
-                   "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-                   "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(batch) / rollout_s,
-                   "train/iteration_s": elapsed, "train/advantage_abs_mean": float(adv.abs().mean()),
-                   **{f"train/{k}": v for k, v in self.counters.items()}}
+        local = {**self.task.batch_metrics(batch), **_mean_stats(stats),
+                 "train/advantage_abs_mean": float(adv.abs().mean())}
         if stats:
-            metrics["first_minibatch/text_ratio_mean"] = float(stats[0].get("text/ratio_mean", float("nan")))
-            metrics["first_minibatch/image_ratio_mean"] = float(stats[0].get("image/ratio_mean", float("nan")))
-        return metrics
+            local["first_minibatch/text_ratio_mean"] = float(stats[0].get("text/ratio_mean", float("nan")))
+            local["first_minibatch/image_ratio_mean"] = float(stats[0].get("image/ratio_mean", float("nan")))
+        elapsed = time.perf_counter() - start
+        return {**_reward_metrics(rewards, components), **_rank_mean(distributed.gather_objects(local, world)),
+                "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+                "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(rewards) / rollout_s,
+                "train/iteration_s": elapsed, **{f"train/{k}": v for k, v in self.counters.items()}}
+
+    def _advantages(self, batch: RolloutBatch, prompts: int):
+        """(this rank's advantages on the device, every rank's rewards, every rank's reward
+        components): computed from the whole job's rewards, so ``scale_rewards=batch`` sees them all."""
+        world = self.world
+        rewards = distributed.all_gather(batch.rewards.float().to(self.device), world)
+        groups = distributed.all_gather(batch.group_ids.to(self.device) + world.rank * prompts, world)
+        components = {k: distributed.all_gather(v.float().to(self.device), world)
+                      for k, v in batch.reward_components.items()}
+        adv = group_advantages(rewards, groups, self.cfg.loss.scale_rewards, self.cfg.loss.adv_clip_max)
+        b = len(batch)
+        return adv[world.rank * b:(world.rank + 1) * b], rewards, components
 
     def _step(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm)
@@ -234,7 +325,10 @@ class Trainer:
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """The task's held-out evaluation, written to ``RUN/eval-<tag>/``, as ``eval/*`` metrics
-        (of the EMA weights when ``train.ema_decay`` is on)."""
+        (of the EMA weights when ``train.ema_decay`` is on). Rank 0 evaluates; the others
+        wait for it at the next collective."""
+        if not self.world.main:
+            return {}
         self.policy.eval()
         with torch.no_grad(), self.ema.applied() if self.ema is not None else nullcontext():
             res = self.task.evaluate(self.policy, self.run_dir / f"eval-{tag}")
@@ -246,9 +340,10 @@ class Trainer:
         """Train to ``train.iterations``. ``initial_eval``: the iteration-0 evaluation when
         already known (same start checkpoint, same eval settings), recorded instead of re-run."""
         t = self.cfg.train
-        log = open(self.run_dir / "metrics.jsonl", "a")
+        main = self.world.main
+        log = open(self.run_dir / "metrics.jsonl", "a") if main else None
         writer = _tensorboard(self.run_dir, purge_step=self.iteration + (1 if self.history else 0)
-                              if self.resumed else None)
+                              if self.resumed else None) if main else None
         if self.iteration == 0 and self.do_eval:
             self._record({"iteration": 0, **(initial_eval or self.evaluate("000000"))}, log, writer)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="unigrpo", disable=not self.progress)
@@ -264,14 +359,17 @@ class Trainer:
             if self.iteration % t.save_every == 0 or self.iteration == t.iterations:
                 self.save()
         bar.close()
-        log.close()
-        if writer is not None:
-            writer.close()
-        plot_curves(self.history, self.run_dir / "curves.png")
+        if main:
+            log.close()
+            if writer is not None:
+                writer.close()
+            plot_curves(self.history, self.run_dir / "curves.png")
         return self.history
 
     def _record(self, row: dict[str, Any], log, writer) -> None:
         self.history.append(row)
+        if log is None:  # not rank 0
+            return
         log.write(json.dumps(row) + "\n")
         log.flush()
         if writer is not None:

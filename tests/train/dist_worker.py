@@ -1,0 +1,49 @@
+"""Run by tests/train/test_distributed.py under torchrun (or alone): trains the tiny
+built-in model on the toy task with rollouts that do not depend on the process count.
+
+Every rank generates the *whole* job's rounds from one fixed seed and keeps its own rows,
+so one process and N processes train on the same rounds and differ only in how the
+update is split and reduced. Writes the final weights to argv[1] (rank 0)."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+from tiny_runs import FAST, tiny, toy_task
+
+import unigrpo.train.trainer as trainer_mod
+from unigrpo.train import Trainer, load_config
+
+real_generate = trainer_mod.generate_rounds
+calls = [0]
+
+
+def same_rounds_any_world(policy, texts, metadata, rewards, cfg, generator=None, **kw):
+    ranks = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    everyone = [None] * ranks
+    if ranks > 1:
+        dist.all_gather_object(everyone, (list(texts), list(metadata)))
+    else:
+        everyone = [(list(texts), list(metadata))]
+    all_texts = [t for ts, _ in everyone for t in ts]
+    all_meta = [m for _, ms in everyone for m in ms]
+    calls[0] += 1
+    g = torch.Generator().manual_seed(1000 + calls[0])
+    batch = real_generate(policy, all_texts, all_meta, rewards, cfg, g, **kw)
+    b = len(texts) * cfg.num_generations
+    local = batch.select(slice(rank * b, (rank + 1) * b))
+    local.group_ids = local.group_ids - rank * len(texts)  # as a rank's own rollout numbers them
+    return local
+
+
+trainer_mod.generate_rounds = same_rounds_any_world
+out, run_dir, *overrides = sys.argv[1:]
+torch.set_num_threads(1)
+cfg = load_config(None, FAST + [f"train.output_dir={run_dir}"] + overrides)
+t = Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False, evaluate=False)
+t.fit()
+if t.world.main:
+    torch.save({k: v.clone() for k, v in t.policy.state_dict().items()}, out)
+if dist.is_initialized():
+    dist.destroy_process_group()

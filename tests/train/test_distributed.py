@@ -1,0 +1,117 @@
+"""``torchrun`` data parallel on CPU (gloo, 2 processes, the tiny built-in model): the same
+rounds train the same weights on 1 and 2 processes, only rank 0 writes, a 2-process run
+resumes on 1 process, and a rank that fails ends the job instead of hanging it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "dist_worker.py"
+
+
+def _env(extra_path=()):
+    paths = [str(HERE.parent), str(HERE), *map(str, extra_path)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(args, cwd, n=2, timeout=300, extra_path=()):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(extra_path), capture_output=True, text=True, timeout=timeout)
+
+
+def _one_process(tmp_path, name, overrides):
+    out = subprocess.run([sys.executable, str(WORKER), str(tmp_path / f"{name}.pt"), str(tmp_path / name), *overrides],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return torch.load(tmp_path / f"{name}.pt")
+
+
+def _max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("loss", [["loss.loss_type=dapo"], ["loss.loss_type=grpo", "loss.scale_rewards=batch"]],
+                         ids=["dapo", "grpo-batch-scaled"])
+def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss):
+    # one optimizer step per iteration over all 16 rounds: as two accumulated minibatches of 8
+    # (on 2 processes: of 4 per rank, dapo's normaliser counting both ranks' tokens), or as one
+    # of 16. The second split is the same objective summed in another order: how far it lands
+    # from the first is the float noise the 2-process run is held to
+    common = ["train.iterations=3", "optim.lr=1e-2", "optim.warmup_steps=0", *loss]
+    split = ["train.minibatch_size=8", "train.gradient_accumulation_steps=2"]
+    one = _one_process(tmp_path, "one", common + split)
+    other_order = _one_process(tmp_path, "other-order", common + ["train.minibatch_size=16"])
+    two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    start = __import__("tiny_runs").tiny(0).state_dict()
+    noise = _max_diff(one, other_order)
+    assert _max_diff(one, start) > 1e-2  # three Adam steps of lr 1e-2 moved the weights
+    assert _max_diff(one, torch.load(tmp_path / "two.pt")) <= 3 * noise + 1e-6, noise
+
+
+def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
+    from unigrpo.shapes.model import ShapesConfig, ShapesModel
+
+    torch.manual_seed(0)
+    ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=48, timestep_embed_dim=16)).save_pretrained(tmp_path / "tiny")
+    (tmp_path / "prompts.txt").write_text("a red circle\nthree triangles\na blue square\ntwo squares\n"
+                                          "a green circle\na red triangle\n")
+    run = tmp_path / "run"
+    args = ["task=prompts", f"task.file={tmp_path / 'prompts.txt'}", "task.reward=brightness",
+            "task.heldout_fraction=0.34", f"model.checkpoint={tmp_path / 'tiny'}", f"train.output_dir={run}",
+            "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
+            "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.save_every=1",
+            "train.eval_every=2", "task.eval_steps=2", "--no-progress"]
+    two = _torchrun(["-m", "unigrpo.train", *args, "train.iterations=2"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]  # one writer: no row twice
+    assert "eval/overall" in rows[-1] and "reward/mean" in rows[1]
+    state = torch.load(run / "checkpoint-000002" / "trainer_state.pt", weights_only=False)
+    assert len(state["rng_per_rank"]) == 2
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000001", "checkpoint-000002"]
+    # resumed on 2 processes it ends exactly as the uninterrupted 2-process run
+    full = tmp_path / "full"
+    out = _torchrun(["-m", "unigrpo.train", *args, f"train.output_dir={full}", "train.iterations=3"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _torchrun(["-m", "unigrpo.train", "--resume", str(run), "train.iterations=3", "--no-progress"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    timeless = lambda d: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # noqa: E731
+                          for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert timeless(run) == timeless(full)
+    # and goes on in one process
+    one = subprocess.run([sys.executable, "-m", "unigrpo.train", "--resume", str(run), "train.iterations=4",
+                          "--no-progress"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]
+
+
+def test_a_failing_rank_ends_the_job(tmp_path):
+    (tmp_path / "rank_reward.py").write_text(
+        "import os, torch\n"
+        "def factory():\n"
+        "    def reward(images, prompts, metadata):\n"
+        "        if os.environ.get('RANK') == '1':\n"
+        "            raise RuntimeError('reward service down on rank 1')\n"
+        "        return images.float().mean(dim=(1, 2, 3))\n"
+        "    return reward\n")
+    (tmp_path / "prompts.txt").write_text("a red circle\nthree triangles\na blue square\ntwo squares\n")
+    args = ["-m", "unigrpo.train", "task=prompts", f"task.file={tmp_path / 'prompts.txt'}",
+            "task.reward=rank_reward:factory", "task.heldout_fraction=0.25", f"train.output_dir={tmp_path / 'run'}",
+            "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
+            "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.iterations=2",
+            "train.eval_every=100", "parallel.timeout_s=60", "--no-progress"]
+    out = _torchrun(args, tmp_path, timeout=240, extra_path=[tmp_path])
+    assert out.returncode != 0
+    assert "reward service down on rank 1" in out.stderr

@@ -1,0 +1,124 @@
+"""Past one process: ``torchrun --nproc-per-node N -m unigrpo.train ...``.
+
+Data parallel on PyTorch's own stack: every rank holds the policy, rolls out the rounds of
+its share of the iteration's prompts (whole groups, so advantages need no communication
+beyond the rewards), and DistributedDataParallel averages the gradients. The loss is
+scaled so that N processes train the objective one process would on the same rounds
+(token normalisers count the tokens of every rank). Rank 0 writes every run file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..config_bounds import bounded, check_bounds
+
+STRATEGIES = ("auto", "none", "ddp")
+
+
+@dataclass
+class ParallelConfig:
+    """``strategy``: auto (ddp when launched with more than one process, else none),
+    none (one process), ddp (DistributedDataParallel). The backend is NCCL on CUDA, gloo on CPU."""
+
+    strategy: str = "auto"
+    timeout_s: int = bounded(1800, ge=10, help="seconds a collective may wait for a rank before the job fails")
+
+    def validate(self) -> None:
+        check_bounds(self, "parallel")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"parallel.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def launched_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_device(device: torch.device) -> torch.device:
+    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if device.type == "cuda" and device.index is None and launched_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def setup(cfg: ParallelConfig, device: torch.device) -> World:
+    """Join torchrun's process group (once per process) and say who we are."""
+    size = launched_size()
+    strategy = cfg.strategy if cfg.strategy != "auto" else ("ddp" if size > 1 else "none")
+    if strategy == "none":
+        if size > 1:
+            raise ValueError(f"parallel.strategy=none, but torchrun started {size} processes: use ddp or one process")
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def all_gather(t: Tensor, world: World) -> Tensor:
+    """Every rank's ``t`` (same shape on each), concatenated along dim 0 in rank order."""
+    if not world.distributed:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world.size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    if not world.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_true(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every rank iff ``flag`` is true on every rank (so all ranks skip a step together)."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_objects(obj, world: World) -> list:
+    """Every rank's picklable ``obj``, in rank order (on every rank)."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (torchrun's processes end cleanly)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
