@@ -115,3 +115,42 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     out = _torchrun(args, tmp_path, timeout=240, extra_path=[tmp_path])
     assert out.returncode != 0
     assert "reward service down on rank 1" in out.stderr
+
+
+def test_a_rank_killed_mid_iteration_resumes_from_the_last_checkpoint(tmp_path):
+    # rank 1 SIGKILLs itself inside iteration 3 (its third reward call), after checkpoint 2
+    (tmp_path / "killer_reward.py").write_text(
+        "import os, signal\n"
+        "calls = [0]\n"
+        "def factory():\n"
+        "    def reward(images, prompts, metadata):\n"
+        "        calls[0] += 1\n"
+        "        if os.environ.get('RANK') == '1' and calls[0] == 3 and os.path.exists(os.environ['KILL_MARKER']):\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        return images.float().mean(dim=(1, 2, 3))\n"
+        "    return reward\n")
+    (tmp_path / "prompts.txt").write_text("a red circle\nthree triangles\na blue square\ntwo squares\n")
+    marker = tmp_path / "kill"
+    marker.write_text("")
+    os.environ["KILL_MARKER"] = str(marker)
+    try:
+        args = ["-m", "unigrpo.train", "task=prompts", f"task.file={tmp_path / 'prompts.txt'}",
+                "task.reward=killer_reward:factory", "task.heldout_fraction=0.25", "train.prompts_per_iteration=2",
+                "rollout.num_generations=2", "rollout.num_inference_steps=2", "rollout.max_reasoning_tokens=4",
+                "train.minibatch_size=2", "train.iterations=4", "train.save_every=1", "train.eval_every=100",
+                "--no-progress"]
+        killed = _torchrun(args + [f"train.output_dir={tmp_path / 'run'}"], tmp_path, extra_path=[tmp_path])
+        assert killed.returncode != 0
+        assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-000002"
+        marker.unlink()
+        resumed = _torchrun(["-m", "unigrpo.train", "--resume", str(tmp_path / "run"), "--no-progress"], tmp_path,
+                            extra_path=[tmp_path])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        full = _torchrun(args + [f"train.output_dir={tmp_path / 'full'}"], tmp_path, extra_path=[tmp_path])
+        assert full.returncode == 0, full.stderr[-3000:]
+    finally:
+        del os.environ["KILL_MARKER"]
+    timeless = lambda d: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # noqa: E731
+                          for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert timeless(tmp_path / "run") == timeless(tmp_path / "full")
+

@@ -6,6 +6,7 @@ import torch
 
 from tiny_runs import FAST, brightness, stop_after, tiny, toy_task, trainer
 
+from unigrpo.integrity import CheckpointError
 from unigrpo.train import Trainer, group_advantages, load_config
 from unigrpo.train.__main__ import main as train_main
 from unigrpo.train.config import valid_keys
@@ -180,6 +181,12 @@ def test_ema_averages_the_trained_weights_and_the_evaluation_uses_it(tmp_path):
     assert torch.equal(seen[-1][name], t.ema.shadow[index].to(seen[-1][name].dtype))  # evaluated: the EMA
     assert not torch.equal(seen[-1][name], trained[name])  # ...which is not the trained weights
     assert t.ema.updates == t.counters["optimizer_steps"]
+    # a run that saved no EMA cannot be resumed with one (its average would start from nothing)
+    plain = tmp_path / "plain"
+    trainer(plain, ["train.iterations=1"]).fit()
+    cfg = load_config(None, FAST + [f"train.output_dir={plain}", "train.iterations=2", "train.ema_decay=0.5"])
+    with pytest.raises(CheckpointError, match="train.ema_decay is on but the checkpoint holds no EMA"):
+        Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False, evaluate=False, resume=plain)
 
 
 def test_checkpoint_is_atomic_and_complete(tmp_path):
