@@ -187,6 +187,37 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base_model(dirs, fam
         p.numel() for p in policy.parameters())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memory_switches_keep_the_gradients(dirs, family):
+    """Gradient checkpointing changes memory, not gradients; bf16 weights keep fp32 adapters
+    and still give ratio 1 at the first update."""
+    from unigrpo.train.advantages import group_advantages
+    from unigrpo.train.losses import LossConfig, TokenNorm, joint_loss
+
+    def grads(**kw):
+        torch.manual_seed(0)
+        policy = load_policy(config(dirs, family, lora_rank=4, **kw), "cpu")
+        b = rounds(policy)
+        adv = group_advantages(b.rewards + torch.arange(len(b)).float(), b.group_ids)
+        policy.train()
+        loss, stats = joint_loss(policy, policy.reference_copy(), b, adv, LossConfig(),
+                                 TokenNorm(1, float(b.reasoning_mask.sum()), 8))
+        loss.backward()
+        return policy, stats, {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    _, _, plain = grads()
+    checkpointed, _, saved = grads(gradient_checkpointing=True)
+    assert checkpointed.transformer.gradient_checkpointing
+    assert getattr(checkpointed.lm, "is_activation_checkpointing", None) or checkpointed.lm.is_gradient_checkpointing
+    assert plain.keys() == saved.keys() and all(torch.allclose(plain[n], saved[n], atol=1e-6) for n in plain)
+    bf16, stats, got = grads(dtype="bfloat16")
+    assert bf16.lm.dtype == torch.bfloat16 and bf16.transformer.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.parameters() if p.requires_grad)
+    assert all(torch.isfinite(g).all() for g in got.values())
+    # bf16: the cached decode and the teacher-forced pass round differently; within one bf16 ulp of 1
+    assert abs(float(stats["text/ratio_mean"]) - 1) < 2**-8 and abs(float(stats["image/ratio_mean"]) - 1) < 2**-8
+
+
 def test_full_finetuning_reference_is_a_copy_sharing_the_frozen_parts(dirs):
     policy = load_policy(config(dirs, "sd3"), "cpu")
     ref = policy.reference_copy()

@@ -141,8 +141,8 @@ class LMDiffusersPolicy(UnifiedPolicy):
             else:
                 module.requires_grad_(True)
             if self.cfg.gradient_checkpointing:
-                if name == "lm":
-                    module.gradient_checkpointing_enable()
+                if name == "lm":  # transformers 5.x renamed it (the old name warns)
+                    getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
                 else:
                     module.enable_gradient_checkpointing()
         self.train(False)
