@@ -157,6 +157,26 @@ def test_velocity_matches_the_pipelines_own_denoising(dirs):
         assert torch.allclose(x, out, atol=1e-4), (family, (x - out).abs().max())
 
 
+def test_evaluation_guidance_is_the_pipelines_own_cfg(dirs):
+    """task.eval_guidance_scale on SD3: the library's guided ODE sampler lands where the
+    pipeline's own classifier-free guidance does (negative prompt "")."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from unigrpo.rollout import denoise
+
+    policy = load_policy(config(dirs, "sd3"), "cpu")
+    pipe = StableDiffusion3Pipeline.from_pretrained(dirs["sd3"])
+    pipe.set_progress_bar_config(disable=True)
+    x1 = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    out = pipe(PROMPTS[0], negative_prompt="", num_inference_steps=4, height=32, width=32, guidance_scale=3.0,
+               latents=x1, output_type="latent").images
+    bare, empty = policy.encode_prompts([PROMPTS[0]], reasoning=False), policy.encode_prompts([""], reasoning=False)
+    with torch.no_grad():
+        traj = denoise(policy, policy.image_context(bare.ids, bare.mask), policy.sigma_schedule(4), 0.0, x1, None,
+                       uncond=policy.image_context(empty.ids, empty.mask), guidance_scale=3.0)
+    assert torch.allclose(traj.latents[:, -1], out, atol=1e-4), (traj.latents[:, -1] - out).abs().max()
+
+
 # ------------------------------------------------------------------------ LoRA
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_only_adapters_and_the_reference_is_the_base_model(dirs, family):
