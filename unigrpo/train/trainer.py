@@ -54,7 +54,8 @@ def _resume_point(path: Path) -> Path | None:
     return checkpointing.find_checkpoint(path)
 
 
-def _mean_stats(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def _mean_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each key's mean over the rows that have it (minibatches' stats, or ranks' metrics)."""
     acc: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         for k, v in row.items():
@@ -69,15 +70,6 @@ def _reward_metrics(rewards: torch.Tensor, components: dict[str, torch.Tensor]) 
         out[f"reward/{name}_mean"] = float(scores.mean())
         out[f"reward/{name}_std"] = float(scores.std()) if len(scores) > 1 else 0.0
     return out
-
-
-def _rank_mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Every rank's metrics, each key averaged over the ranks that have it."""
-    acc: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        for k, v in row.items():
-            acc[k].append(v)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def plan_minibatches(batch: RolloutBatch, cfg: TrainConfig, generator: torch.Generator,
@@ -292,7 +284,7 @@ class Trainer:
             local["first_minibatch/text_ratio_mean"] = float(stats[0].get("text/ratio_mean", float("nan")))
             local["first_minibatch/image_ratio_mean"] = float(stats[0].get("image/ratio_mean", float("nan")))
         elapsed = time.perf_counter() - start
-        return {**_reward_metrics(rewards, components), **_rank_mean(distributed.gather_objects(local, world)),
+        return {**_reward_metrics(rewards, components), **_mean_stats(distributed.gather_objects(local, world)),
                 "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                 "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(rewards) / rollout_s,
                 "train/iteration_s": elapsed, **{f"train/{k}": v for k, v in self.counters.items()}}
