@@ -1,6 +1,6 @@
 """Tiny random-init Hugging Face models, built and saved inside the tests (no hub access):
-a Qwen2-family causal LM with a chat template and ``<think>`` tags, SD3 and FLUX
-flow-matching pipelines, and a CLIP model. Each ``save_*`` writes a directory that
+a Qwen2-family causal LM with a chat template and ``<think>`` tags, SD3, FLUX and
+Qwen-Image flow-matching pipelines, and a CLIP model. Each ``save_*`` writes a directory that
 ``from_pretrained`` loads exactly as it would a downloaded checkpoint."""
 
 from __future__ import annotations
@@ -113,6 +113,36 @@ def save_flux(directory: Path, seed: int = 0, guidance_embeds: bool = False) -> 
         vae=_vae(4, 0.1159, 0.3611),
         text_encoder=_clip_text_encoder(tok, with_projection=False), tokenizer=tok,
         text_encoder_2=_t5(tok), tokenizer_2=tok)
+    pipe.save_pretrained(directory)
+    return Path(directory)
+
+
+def save_qwenimage(directory: Path, seed: int = 0) -> Path:
+    """A tiny QwenImagePipeline (a Qwen2.5-VL text encoder, 2x2 packed latents of 4 channels,
+    the video-style VAE with per-channel latent normalisation, dynamic shift)."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    # the pipeline drops its prompt template's first 34 tokens, so the tokenizer must allow long inputs
+    tok = byte_bpe_tokenizer(specials=("<|im_start|>", "<|im_end|>"), max_length=2048)
+    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
+    pipe = QwenImagePipeline(
+        transformer=QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                                attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                                guidance_embeds=False, axes_dims_rope=(8, 4, 4)),
+        vae=AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                   temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.0, 0.3],
+                                   latents_std=[1.5, 0.8, 1.0, 2.0]),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096),
+        text_encoder=Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)),
+        tokenizer=tok)
     pipe.save_pretrained(directory)
     return Path(directory)
 

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from tiny_hf_models import save_clip, save_flux, save_lm, save_sd3  # noqa: E402
+from tiny_hf_models import save_clip, save_flux, save_lm, save_qwenimage, save_sd3  # noqa: E402
 from tiny_runs import brightness as bright, stop_after  # noqa: E402
 
 from unigrpo import ops  # noqa: E402
@@ -22,7 +22,7 @@ from unigrpo.task import ModelConfig  # noqa: E402
 from unigrpo.train import Trainer, load_config  # noqa: E402
 from unigrpo.train.__main__ import main as train_main  # noqa: E402
 
-FAMILIES = ("sd3", "flux")
+FAMILIES = ("sd3", "flux", "qwenimage")
 #: LoRA on the attention and the output projection (the velocity's last layer)
 TRANSFORMER_LORA = "to_q,to_k,to_v,to_out.0,proj_out"
 PROMPTS = ["a red circle left of a blue square", "two green triangles"]
@@ -32,7 +32,7 @@ PROMPTS = ["a red circle left of a blue square", "two green triangles"]
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     return {"lm": save_lm(root / "lm"), "sd3": save_sd3(root / "sd3"), "flux": save_flux(root / "flux"),
-            "clip": save_clip(root / "clip"), "root": root}
+            "qwenimage": save_qwenimage(root / "qwenimage"), "clip": save_clip(root / "clip"), "root": root}
 
 
 def config(dirs, family="sd3", **kw):
@@ -117,44 +117,54 @@ def test_the_image_is_conditioned_on_the_reasoning(dirs):
     assert policy.image_texts(bare.ids, bare.mask) == ["a red circle"]
 
 
-def test_schedules_follow_each_pipelines_scheduler(dirs):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+def _pipeline(dirs, family):
+    from diffusers import DiffusionPipeline
 
-    for family, cls in (("sd3", StableDiffusion3Pipeline), ("flux", FluxPipeline)):
-        policy = load_policy(config(dirs, family), "cpu")
-        pipe = cls.from_pretrained(dirs[family])
-        captured = {}
-
-        def grab(*args, **kwargs):  # the pipeline's own call: the sigmas it denoises with
-            captured["sigmas"] = pipe.scheduler.sigmas.clone()
-            return kwargs.get("callback_kwargs", args[-1] if args else {})
-        pipe(PROMPTS[0], num_inference_steps=5, height=32, width=32, guidance_scale=1.0, output_type="latent",
-             callback_on_step_end=grab)
-        assert torch.allclose(policy.sigma_schedule(5), captured["sigmas"].float(), atol=1e-6), family
+    pipe = DiffusionPipeline.from_pretrained(dirs[family])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
-def test_velocity_matches_the_pipelines_own_denoising(dirs):
-    """Deterministic Euler steps with the policy reproduce the pipeline's own latents, so the
-    time, velocity and packing conventions are the pipeline's."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+#: each pipeline's call without guidance (Qwen-Image's true CFG needs a negative prompt: none given)
+NO_GUIDANCE = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": 1.0}, "qwenimage": {}}
 
-    for family, cls in (("sd3", StableDiffusion3Pipeline), ("flux", FluxPipeline)):
-        policy = load_policy(config(dirs, family), "cpu")
-        pipe = cls.from_pretrained(dirs[family])
-        pipe.set_progress_bar_config(disable=True)
-        x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
-        packed = pipe._pack_latents(x, 1, *x.shape[1:]) if family == "flux" else x
-        out = pipe(PROMPTS[0], num_inference_steps=4, height=32, width=32, guidance_scale=1.0, latents=packed,
-                   output_type="latent").images
-        if family == "flux":
-            out = pipe._unpack_latents(out, 32, 32, pipe.vae_scale_factor)
-        bare = policy.encode_prompts([PROMPTS[0]], reasoning=False)
-        ctx = policy.image_context(bare.ids, bare.mask)
-        s = policy.sigma_schedule(4)
-        with torch.no_grad():
-            for k in range(4):
-                x = x + (s[k + 1] - s[k]) * policy.velocity(x, s[k], ctx)
-        assert torch.allclose(x, out, atol=1e-4), (family, (x - out).abs().max())
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_schedules_follow_each_pipelines_scheduler(dirs, family):
+    policy, pipe = load_policy(config(dirs, family), "cpu"), _pipeline(dirs, family)
+    captured = {}
+
+    def grab(*args, **kwargs):  # the pipeline's own call: the sigmas it denoises with
+        captured["sigmas"] = pipe.scheduler.sigmas.clone()
+        return kwargs.get("callback_kwargs", args[-1] if args else {})
+    pipe(PROMPTS[0], num_inference_steps=5, height=32, width=32, output_type="latent", callback_on_step_end=grab,
+         **NO_GUIDANCE[family])
+    assert torch.allclose(policy.sigma_schedule(5), captured["sigmas"].float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_velocity_and_decoding_match_the_pipelines_own(dirs, family):
+    """Deterministic Euler steps with the policy reproduce the pipeline's own latents, and
+    the policy's decoding its images: the time, velocity, packing and VAE conventions are the
+    pipeline's."""
+    policy, pipe = load_policy(config(dirs, family), "cpu"), _pipeline(dirs, family)
+    x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    packed = x if family == "sd3" else pipe._pack_latents(x, 1, *x.shape[1:])
+    run = dict(num_inference_steps=4, height=32, width=32, latents=packed, **NO_GUIDANCE[family])
+    out = pipe(PROMPTS[0], output_type="latent", **run).images
+    if family != "sd3":
+        out = pipe._unpack_latents(out, 32, 32, pipe.vae_scale_factor)
+        out = out[:, :, 0] if out.dim() == 5 else out  # Qwen-Image's frame axis
+    bare = policy.encode_prompts([PROMPTS[0]], reasoning=False)
+    ctx = policy.image_context(bare.ids, bare.mask)
+    s = policy.sigma_schedule(4)
+    with torch.no_grad():
+        for k in range(4):
+            x = x + (s[k + 1] - s[k]) * policy.velocity(x, s[k], ctx)
+    assert torch.allclose(x, out, atol=1e-4), (x - out).abs().max()
+    images = pipe(PROMPTS[0], output_type="pt", **run).images  # (1, 3, H, W) in [0, 1]
+    ours = policy.latents_to_images(x).permute(0, 3, 1, 2).float() / 255
+    assert (ours - images).abs().max() <= 1.5 / 255
 
 
 def test_evaluation_guidance_is_the_pipelines_own_cfg(dirs):
@@ -416,7 +426,7 @@ def test_a_few_iterations_move_an_image_reward_the_way_it_points(dirs, tmp_path,
         cfg = load_config(None, ["model.type=lm+diffusers", "rollout.num_generations=4",
                                  "rollout.num_inference_steps=3", "rollout.timestep_fraction=1.0",
                                  "rollout.max_reasoning_tokens=4", "train.prompts_per_iteration=4",
-                                 "train.minibatch_size=8", "optim.warmup_steps=0", "optim.lr=1e-2",
+                                 "train.minibatch_size=8", "optim.warmup_steps=0", "optim.lr=2e-2",
                                  "optim.lr_scheduler_type=constant_with_warmup", "loss.beta_v=0",
                                  "train.iterations=16", f"train.output_dir={out}", "task.eval_steps=3",
                                  "task.eval_size=0"])

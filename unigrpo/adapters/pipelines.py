@@ -26,21 +26,26 @@ __all__ = ["PipelineContext", "PipelineFamily", "family_for", "SUPPORTED"]
 
 @dataclass
 class PipelineContext(ImageContext):
-    """The encoded text of B images: token embeddings (B, L, D) and pooled embeddings (B, P)."""
+    """The encoded text of B images: token embeddings (B, L, D), and as the family has them
+    pooled embeddings (B, P) and the embeddings' mask (B, L)."""
 
     embeds: Tensor
-    pooled: Tensor
+    pooled: Tensor | None = None
+    mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return int(self.embeds.shape[0])
 
+    def _map(self, fn) -> PipelineContext:
+        return PipelineContext(*(None if t is None else fn(t) for t in (self.embeds, self.pooled, self.mask)))
+
     def select(self, index: Tensor) -> PipelineContext:
         index = index.to(self.embeds.device)
-        return PipelineContext(self.embeds[index], self.pooled[index])
+        return self._map(lambda t: t[index])
 
     def detach(self) -> PipelineContext:
-        return PipelineContext(self.embeds.detach(), self.pooled.detach())
+        return self._map(Tensor.detach)
 
 
 class PipelineFamily:
@@ -53,7 +58,7 @@ class PipelineFamily:
     def __init__(self, pipe, resolution: int, max_text_tokens: int, flux_guidance: float) -> None:
         self.pipe, self.flux_guidance = pipe, flux_guidance
         self.max_text_tokens = max_text_tokens or self.default_text_tokens
-        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.vae_scale = pipe.vae_scale_factor
         if resolution % (2 * self.vae_scale):
             raise ValueError(f"model.resolution must be a multiple of {2 * self.vae_scale} for this pipeline's VAE, "
                              f"got {resolution}")
@@ -149,8 +154,54 @@ class FluxFamily(PipelineFamily):
         return {"sigmas": np.linspace(1.0, 1 / steps, steps).tolist(), "mu": mu}
 
 
+class QwenImageFamily(FluxFamily):
+    """Qwen-Image: FLUX's packing, timestep and resolution shift; one Qwen2.5-VL text encoder
+    whose embeddings come with a mask and no pooled vector; a video-style VAE (a frame axis
+    of 1) normalised per channel by ``latents_mean`` / ``latents_std``."""
+
+    default_text_tokens = 512
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], device) -> PipelineContext:
+        embeds, mask = self.pipe.encode_prompt(prompt=list(texts), device=device, num_images_per_prompt=1,
+                                               max_sequence_length=self.max_text_tokens)
+        if mask is None:  # the pipeline drops an all-ones mask
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return PipelineContext(embeds, mask=mask)
+
+    def velocity(self, x: Tensor, sigma: Tensor, ctx: PipelineContext) -> Tensor:
+        pipe, t = self.pipe, self.pipe.transformer
+        b, c, h, w = x.shape
+        guidance = (torch.full((b,), self.flux_guidance, device=x.device, dtype=torch.float32)
+                    if t.config.guidance_embeds else None)
+        out = t(hidden_states=pipe._pack_latents(x.to(t.dtype), b, c, h, w), timestep=sigma.to(t.dtype),
+                guidance=guidance, encoder_hidden_states=ctx.embeds.to(t.dtype), encoder_hidden_states_mask=ctx.mask,
+                img_shapes=[[(1, h // 2, w // 2)]] * b, return_dict=False)[0]
+        return pipe._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)[:, :, 0]
+
+    def _normalisation(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.pipe.vae.config
+        view = (1, c.z_dim, 1, 1, 1)
+        return (torch.tensor(c.latents_mean).view(view).to(like), torch.tensor(c.latents_std).view(view).to(like))
+
+    def decode(self, latents: Tensor) -> Tensor:
+        vae = self.pipe.vae
+        z = latents[:, :, None].to(vae.dtype)
+        mean, std = self._normalisation(z)
+        image = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        vae = self.pipe.vae
+        x = images.permute(0, 3, 1, 2)[:, :, None].to(device=vae.device, dtype=vae.dtype) / 127.5 - 1
+        z = vae.encode(x).latent_dist.mode()
+        mean, std = self._normalisation(z)
+        return ((z - mean) / std)[:, :, 0].float()
+
+
 #: diffusers pipeline class name -> family
-SUPPORTED = {"StableDiffusion3Pipeline": PipelineFamily, "FluxPipeline": FluxFamily}
+SUPPORTED = {"StableDiffusion3Pipeline": PipelineFamily, "FluxPipeline": FluxFamily,
+             "QwenImagePipeline": QwenImageFamily}
 
 
 def family_for(pipe, **kwargs) -> PipelineFamily:
