@@ -1,11 +1,12 @@
 """The drawing half of a two-model policy: a diffusers flow-matching pipeline.
 
 Each family maps its own conventions to the library's inside this module, never
-outside: latents are the VAE's (B, C, h, w) grid (FLUX packs 2x2 patches only
-around its transformer call), sigma in (0, 1] with x at 1 pure noise, and the
-velocity ``v = noise - x_0``, which is what diffusers' flow-matching transformers
+outside: latents are the VAE's (B, C, h, w) grid (FLUX and Qwen-Image pack 2x2 patches
+only around their transformer call; Qwen-Image's VAE frame axis appears only around the
+VAE), sigma in (0, 1] with x at 1 pure noise, and the velocity ``v = noise - x_0``, which
+is what diffusers' flow-matching transformers
 predict (FlowMatchEulerDiscreteScheduler steps ``x + (sigma_next - sigma) v``).
-SD3's transformer takes the timestep as ``1000 sigma``, FLUX's as sigma.
+SD3's transformer takes the timestep as ``1000 sigma``, FLUX's and Qwen-Image's as sigma.
 The text encoders are the pipeline's own, through its own ``encode_prompt``.
 """
 
