@@ -154,3 +154,25 @@ def test_a_rank_killed_mid_iteration_resumes_from_the_last_checkpoint(tmp_path):
                           for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert timeless(tmp_path / "run") == timeless(tmp_path / "full")
 
+
+
+def test_a_real_model_policy_trains_data_parallel(tmp_path):
+    # lm+diffusers with LoRA on both models: DDP syncs the adapters through the policy's methods
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    from tiny_hf_models import save_lm, save_sd3
+
+    lm, sd3 = save_lm(tmp_path / "lm"), save_sd3(tmp_path / "sd3")
+    (tmp_path / "prompts.txt").write_text("a red circle\nthree triangles\na blue square\ntwo squares\na cat\n")
+    run = tmp_path / "run"
+    out = _torchrun(["-m", "unigrpo.train", "model.type=lm+diffusers", f"model.lm={lm}", f"model.pipeline={sd3}",
+                     "model.resolution=32", "model.lora_rank=4", "task=prompts", f"task.file={tmp_path / 'prompts.txt'}",
+                     "task.reward=brightness", "task.heldout_fraction=0.2", "task.eval_steps=2",
+                     "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
+                     "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.iterations=2",
+                     f"train.output_dir={run}", "--no-progress"], tmp_path, extra_path=[HERE.parent])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 4 rounds an iteration in minibatches of 2 (1 a rank): 2 optimizer steps an iteration
+    assert [r["iteration"] for r in rows] == [0, 1, 2] and rows[-1]["train/optimizer_steps"] == 4
+    assert (run / "checkpoint-000002" / "policy" / "transformer_lora" / "pytorch_lora_weights.safetensors").is_file()
