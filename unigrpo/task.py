@@ -63,8 +63,9 @@ class ModelConfig:
     # lm+diffusers
     lm: str = field(default="", metadata={"help": "lm+diffusers: local directory of a transformers causal LM "
                                                   "(weights + tokenizer with a chat template)"})
-    pipeline: str = field(default="", metadata={"help": "lm+diffusers: local directory of a diffusers "
-                                                        "flow-matching pipeline (StableDiffusion3Pipeline, FluxPipeline)"})
+    pipeline: str = field(default="", metadata={
+        "help": "lm+diffusers: local directory of a diffusers flow-matching pipeline "
+                "(StableDiffusion3Pipeline, FluxPipeline, QwenImagePipeline)"})
     dtype: str = field(default="auto", metadata={"help": "lm+diffusers weights: auto (bfloat16 on CUDA, float32 on CPU)"
                                                          " | float32 | bfloat16"})
     resolution: int = bounded(512, ge=16, help="lm+diffusers: image height = width in pixels")
@@ -81,8 +82,8 @@ class ModelConfig:
                                metadata={"help": "lm+diffusers: the LM's system message"})
     image_prompt: str = field(default="{prompt}. {reasoning}", metadata={
         "help": "lm+diffusers: what the pipeline's text encoders read ({prompt} and {reasoning} filled in)"})
-    max_text_tokens: int = bounded(0, ge=0, help="lm+diffusers: the pipeline's T5 sequence length "
-                                                 "(0: the pipeline's default, SD3 256, FLUX 512)")
+    max_text_tokens: int = bounded(0, ge=0, help="lm+diffusers: the pipeline's text-encoder sequence length "
+                                                 "(0: the pipeline's default, SD3 256, FLUX and Qwen-Image 512)")
     flux_guidance: float = bounded(3.5, ge=0, help="lm+diffusers: FLUX's distilled-guidance input "
                                                    "(guidance-embedding models only; one forward, not CFG)")
 

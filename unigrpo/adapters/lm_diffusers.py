@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..integrity import CheckpointError, check_finite
+from ..integrity import CheckpointError, check_finite, read_safetensors
 from ..io import atomic_write_text
 from ..policy import ImageContext, TokenBatch, UnifiedPolicy
 from ..task import ModelConfig
@@ -322,10 +321,7 @@ class DisabledAdapterReference:
 def _read(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the saved policy is incomplete)")
-    try:
-        state = load_file(path)
-    except Exception as e:  # safetensors raises its own error types for a torn file
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    state = read_safetensors(path)
     check_finite(state, str(path))
     return state
 
@@ -334,13 +330,13 @@ def build_policy(cfg: ModelConfig, device: torch.device) -> LMDiffusersPolicy:
     """Load ``cfg.lm`` and ``cfg.pipeline`` (local directories) onto ``device``."""
     device = torch.device(device)
     dtype = _dtype(cfg.dtype, device)
-    lm, tokenizer = _load_lm(_local_dir(cfg.lm, "model.lm"), dtype)
-    pipe = _load_pipeline(_local_dir(cfg.pipeline, "model.pipeline"), dtype)
+    lm_dir, pipeline_dir = _local_dir(cfg.lm, "model.lm"), _local_dir(cfg.pipeline, "model.pipeline")
+    lm, tokenizer = _load_lm(lm_dir, dtype)
+    pipe = _load_pipeline(pipeline_dir, dtype)
     pipe.set_progress_bar_config(disable=True)
     lm.to(device)
     pipe.to(device)
-    cfg = dataclasses.replace(cfg, lm=str(_local_dir(cfg.lm, "model.lm")),
-                              pipeline=str(_local_dir(cfg.pipeline, "model.pipeline")))
+    cfg = dataclasses.replace(cfg, lm=str(lm_dir), pipeline=str(pipeline_dir))
     return LMDiffusersPolicy(lm, tokenizer, pipe, cfg)
 
 

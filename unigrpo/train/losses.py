@@ -84,13 +84,14 @@ class TokenNorm:
     ``accumulation`` minibatches make one optimizer step and hold ``step_tokens``
     reasoning tokens in all; ``max_tokens`` is ``rollout.max_reasoning_tokens``.
     Data parallel: the counts are every rank's, and ``ranks`` undoes DDP's gradient
-    average for the token sums (``minibatch_tokens``: this minibatch's count, all ranks)."""
+    average for the token sums; ``minibatch_tokens``: this minibatch's count over every
+    rank (None: the minibatch's own)."""
 
     accumulation: int = 1
     step_tokens: float = 1.0
     max_tokens: int = 1
     ranks: int = 1
-    minibatch_tokens: float = 0.0
+    minibatch_tokens: float | None = None
 
 
 def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
@@ -101,7 +102,7 @@ def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: Token
     if loss_type == "dapo":
         return loss.sum() * norm.ranks / max(norm.step_tokens, 1.0)
     if loss_type == "bnpo":
-        tokens = mask.sum().clamp_min(1) if norm.ranks == 1 else max(norm.minibatch_tokens, 1.0)
+        tokens = mask.sum().clamp_min(1) if norm.minibatch_tokens is None else max(norm.minibatch_tokens, 1.0)
         per_mb = loss.sum() * norm.ranks / tokens
     elif loss_type == "grpo":
         per_mb = (loss.sum(1) / mask.sum(1).clamp_min(1)).mean()

@@ -85,8 +85,9 @@ def plan_minibatches(batch: RolloutBatch, cfg: TrainConfig, generator: torch.Gen
     return [flat[i:i + t.gradient_accumulation_steps] for i in range(0, len(flat), t.gradient_accumulation_steps)]
 
 
-#: rank r's rollout generator is seeded seed + 1 + r * this (rank 0: as one process)
-ROLLOUT_SEED_STRIDE = 1_000_003
+def _rollout_seed(seed: int, rank: int) -> int:
+    """Rank r's rollout stream; rank 0's is one process's."""
+    return seed + 1 + 1_000_003 * rank
 
 
 class _JointLoss(nn.Module):
@@ -160,7 +161,7 @@ class Trainer:
         self.scheduler = get_scheduler(o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
                                        num_training_steps=cfg.train.iterations * optimizer_steps_per_iteration(cfg))
         self.generators = {
-            "rollout": torch.Generator(self.device).manual_seed(seed + 1 + ROLLOUT_SEED_STRIDE * self.world.rank),
+            "rollout": torch.Generator(self.device).manual_seed(_rollout_seed(seed, self.world.rank)),
             "shuffle": torch.Generator().manual_seed(seed + 2),
             "prompts": torch.Generator().manual_seed(seed + 3),
         }
@@ -217,7 +218,7 @@ class Trainer:
         else:  # another process count: rank 0's streams, fresh rollout streams for the other ranks
             checkpointing.set_rng_state(per_rank[0], self.generators)
             if self.world.rank:
-                self.generators["rollout"].manual_seed(self.cfg.train.seed + 1 + ROLLOUT_SEED_STRIDE * self.world.rank
+                self.generators["rollout"].manual_seed(_rollout_seed(self.cfg.train.seed, self.world.rank)
                                                        + self.iteration)
         if self.world.main:
             atomic_write_text(self.run_dir / "metrics.jsonl",

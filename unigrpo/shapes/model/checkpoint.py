@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...integrity import CheckpointError, check_finite, verify_manifest, write_manifest
+from ...integrity import CheckpointError, check_finite, read_safetensors, verify_manifest, write_manifest
 
 __all__ = ["CheckpointError", "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_NAME", "save", "load"]
 
@@ -55,16 +55,10 @@ def _read_config(d: Path):
 
 
 def _read_weights(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = d / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{d} is not a checkpoint: no {WEIGHTS_NAME}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from e
+    return read_safetensors(path)
 
 
 def _read_tokenizer(d: Path):
