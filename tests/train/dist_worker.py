@@ -6,9 +6,11 @@ so one process and N processes train on the same rounds and differ only in how t
 update is split and reduced. Writes the final weights to argv[1] (rank 0)."""
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tiny_runs import FAST, tiny, toy_task
 
 import unigrpo.train.trainer as trainer_mod
@@ -40,10 +42,17 @@ def same_rounds_any_world(policy, texts, metadata, rewards, cfg, generator=None,
 trainer_mod.generate_rounds = same_rounds_any_world
 out, run_dir, *overrides = sys.argv[1:]
 torch.set_num_threads(1)
-cfg = load_config(None, FAST + [f"train.output_dir={run_dir}"] + overrides)
+start = Path(run_dir).parent / "tiny-start"  # the config names it, so that unigrpo.export can rebuild the policy
+if not dist.is_initialized() or dist.get_rank() == 0:
+    tiny(0).save_pretrained(start)
+if dist.is_initialized():
+    dist.barrier()
+cfg = load_config(None, FAST + [f"train.output_dir={run_dir}", f"model.checkpoint={start}"] + overrides)
 t = Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False, evaluate=False)
 t.fit()
+# whole weights however they are held (FSDP: every rank takes part in gathering them)
+weights = get_model_state_dict(t.policy, options=StateDictOptions(full_state_dict=True))
 if t.world.main:
-    torch.save({k: v.clone() for k, v in t.policy.state_dict().items()}, out)
+    torch.save({k: v.clone() for k, v in weights.items()}, out)
 if dist.is_initialized():
     dist.destroy_process_group()

@@ -39,9 +39,10 @@ def _max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 @pytest.mark.parametrize("loss", [["loss.loss_type=dapo"], ["loss.loss_type=grpo", "loss.scale_rewards=batch"]],
                          ids=["dapo", "grpo-batch-scaled"])
-def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss):
+def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss, strategy):
     # one optimizer step per iteration over all 16 rounds: as two accumulated minibatches of 8
     # (on 2 processes: of 4 per rank, dapo's normaliser counting both ranks' tokens), or as one
     # of 16. The second split is the same objective summed in another order: how far it lands
@@ -50,12 +51,24 @@ def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss):
     split = ["train.minibatch_size=8", "train.gradient_accumulation_steps=2"]
     one = _one_process(tmp_path, "one", common + split)
     other_order = _one_process(tmp_path, "other-order", common + ["train.minibatch_size=16"])
-    two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split], tmp_path)
+    two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split,
+                     f"parallel.strategy={strategy}"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     start = __import__("tiny_runs").tiny(0).state_dict()
     noise = _max_diff(one, other_order)
     assert _max_diff(one, start) > 1e-2  # three Adam steps of lr 1e-2 moved the weights
-    assert _max_diff(one, torch.load(tmp_path / "two.pt")) <= 3 * noise + 1e-6, noise
+    two = torch.load(tmp_path / "two.pt")
+    assert _max_diff(one, two) <= 3 * noise + 1e-6, noise
+    # the last checkpoint, exported in one process, is exactly the weights the job ended with
+    last = tmp_path / "two" / "checkpoint-000003"
+    assert (last / "state").is_dir() == (strategy == "fsdp")
+    out = subprocess.run([sys.executable, "-m", "unigrpo.export", str(last), str(tmp_path / "export")], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from unigrpo.shapes.model import ShapesModel
+
+    exported = ShapesModel.from_pretrained(tmp_path / "export").state_dict()
+    assert exported.keys() == two.keys() and _max_diff(exported, two) == 0
 
 
 def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
@@ -71,7 +84,7 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
             "task.heldout_fraction=0.34", f"model.checkpoint={tmp_path / 'tiny'}", f"train.output_dir={run}",
             "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
             "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.save_every=1",
-            "train.eval_every=2", "task.eval_steps=2", "--no-progress"]
+            "train.eval_every=2", "task.eval_steps=2", "train.ema_decay=0.5", "--no-progress"]
     two = _torchrun(["-m", "unigrpo.train", *args, "train.iterations=2"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -95,6 +108,18 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]
+    assert (run / "checkpoint-000003" / "state").is_dir() and (run / "checkpoint-000004" / "policy").is_dir()
+    # and back on 2 (FSDP from a one-process checkpoint: whole weights, optimizer and EMA, sharded on load)
+    out = _torchrun(["-m", "unigrpo.train", "--resume", str(run), "train.iterations=5", "--no-progress"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4, 5] and "eval/overall" in rows[-1]
+    # a damaged shard is named, on one line, before anything runs
+    shard = next((run / "checkpoint-000005" / "state").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    bad = subprocess.run([sys.executable, "-m", "unigrpo.train", "--resume", str(run), "train.iterations=6",
+                          "--no-progress"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and shard.name in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_a_failing_rank_ends_the_job(tmp_path):
@@ -118,14 +143,15 @@ def test_a_failing_rank_ends_the_job(tmp_path):
 
 
 def test_a_rank_killed_mid_iteration_resumes_from_the_last_checkpoint(tmp_path):
-    # rank 1 SIGKILLs itself inside iteration 3 (its third reward call), after checkpoint 2
+    # rank 1 SIGKILLs itself inside iteration 3 (its fourth reward call: the first is the iteration-0
+    # evaluation, whose images every rank draws a share of), after checkpoint 2
     (tmp_path / "killer_reward.py").write_text(
         "import os, signal\n"
         "calls = [0]\n"
         "def factory():\n"
         "    def reward(images, prompts, metadata):\n"
         "        calls[0] += 1\n"
-        "        if os.environ.get('RANK') == '1' and calls[0] == 3 and os.path.exists(os.environ['KILL_MARKER']):\n"
+        "        if os.environ.get('RANK') == '1' and calls[0] == 4 and os.path.exists(os.environ['KILL_MARKER']):\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
         "        return images.float().mean(dim=(1, 2, 3))\n"
         "    return reward\n")
@@ -175,4 +201,9 @@ def test_a_real_model_policy_trains_data_parallel(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # 4 rounds an iteration in minibatches of 2 (1 a rank): 2 optimizer steps an iteration
     assert [r["iteration"] for r in rows] == [0, 1, 2] and rows[-1]["train/optimizer_steps"] == 4
-    assert (run / "checkpoint-000002" / "policy" / "transformer_lora" / "pytorch_lora_weights.safetensors").is_file()
+    # FSDP (the default past one process) checkpoints the adapters sharded; exported, they are diffusers' LoRA file
+    assert (run / "checkpoint-000002" / "state").is_dir() and not (run / "checkpoint-000002" / "policy").exists()
+    out = subprocess.run([sys.executable, "-m", "unigrpo.export", str(run), str(tmp_path / "export")], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "export" / "transformer_lora" / "pytorch_lora_weights.safetensors").is_file()

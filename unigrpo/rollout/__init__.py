@@ -4,7 +4,8 @@ from .batch import RolloutBatch
 from .config import RolloutConfig
 from .denoise import GraphedStep, Trajectory, denoise, draw_noise, guided_velocity
 from .engine import generate_rounds, train_step_mask
-from .inference import sample_images
+from .inference import sample_images, sharded_sampling
 
 __all__ = ["GraphedStep", "RolloutBatch", "RolloutConfig", "Trajectory", "denoise", "draw_noise",
-           "generate_rounds", "guided_velocity", "sample_images", "train_step_mask"]
+           "generate_rounds", "guided_velocity", "sample_images", "sharded_sampling",
+           "train_step_mask"]

@@ -3,7 +3,8 @@
 A checkpoint is a directory ``checkpoint-<iteration>`` holding the policy
 (``save_pretrained``), the optimizer and scheduler states, every RNG state, the
 iteration and the resolved config, and last a ``manifest.json`` of every file's
-size and sha256. It is written under a temporary name and renamed into place,
+size and sha256. An FSDP run writes its trained weights, optimizer and EMA as a
+``torch.distributed.checkpoint`` directory ``state/`` instead (every rank its shards). It is written under a temporary name and renamed into place,
 and ``latest`` (a one-line file) is replaced atomically after it, so a run
 killed at any moment leaves the previous checkpoint intact and pointed to.
 Loading verifies the manifest and names the file that differs; a policy with
@@ -26,6 +27,8 @@ from ..integrity import CheckpointError, check_finite, verify_manifest, write_ma
 from ..io import atomic_write_text
 
 LATEST = "latest"
+POLICY = "policy"  # the policy's save_pretrained (one process, DDP)
+STATE = "state"  # trained weights, optimizer and EMA as a DCP directory (FSDP)
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -47,13 +50,30 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
 def save_checkpoint(run_dir: Path, iteration: int, policy, trainer_state: dict[str, Any], config_yaml: str,
                     keep: int = 2) -> Path:
     """Write ``run_dir/checkpoint-<iteration>`` atomically and point ``latest`` at it."""
-    run_dir = Path(run_dir)
-    final = run_dir / checkpoint_name(iteration)
     check_finite(policy.state_dict(), f"iteration {iteration}: refusing to checkpoint the policy")
-    tmp = run_dir / f".{final.name}.tmp"
+    tmp = begin_checkpoint(run_dir, iteration)
+    policy.save_pretrained(tmp / POLICY)
+    return finish_checkpoint(run_dir, iteration, trainer_state, config_yaml, keep)
+
+
+def begin_checkpoint(run_dir: Path, iteration: int) -> Path:
+    """The empty temporary directory checkpoint ``iteration`` is written into."""
+    tmp = _temporary(run_dir, iteration)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    policy.save_pretrained(tmp / "policy")
+    return tmp
+
+
+def _temporary(run_dir: Path, iteration: int) -> Path:
+    return Path(run_dir) / f".{checkpoint_name(iteration)}.tmp"
+
+
+def finish_checkpoint(run_dir: Path, iteration: int, trainer_state: dict[str, Any], config_yaml: str,
+                      keep: int = 2) -> Path:
+    """Complete the temporary directory (weights already in it): the trainer state, the
+    config and last the manifest; then rename it into place and point ``latest`` at it."""
+    run_dir = Path(run_dir)
+    final, tmp = run_dir / checkpoint_name(iteration), _temporary(run_dir, iteration)
     torch.save({"iteration": iteration, **trainer_state}, tmp / "trainer_state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     write_manifest(tmp)  # last: a checkpoint whose manifest verifies is complete
@@ -69,6 +89,12 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, trainer_state: dict[s
     for p in old[:-keep + 1] if keep > 1 else old:
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def is_sharded(path: Path) -> bool:
+    """True for a checkpoint of an FSDP run: its weights and optimizer are a
+    ``torch.distributed.checkpoint`` directory ``state/`` instead of ``policy/``."""
+    return (Path(path) / STATE).is_dir()
 
 
 _NAME = re.compile(r"checkpoint-(\d{6,})")
@@ -109,9 +135,10 @@ def verify_checkpoint(path: Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
     verify_manifest(path, required=True)
-    for part in ("trainer_state.pt", "policy"):
-        if not (path / part).exists():
-            raise CheckpointError(f"{path} is not a training checkpoint: no {part}")
+    if not (path / "trainer_state.pt").exists():
+        raise CheckpointError(f"{path} is not a training checkpoint: no trainer_state.pt")
+    if not (path / POLICY).exists() and not is_sharded(path):
+        raise CheckpointError(f"{path} is not a training checkpoint: no {POLICY} (or {STATE})")
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
@@ -155,10 +182,13 @@ def resolve_policy_dir(path: str | Path) -> tuple[Path, str]:
         verify_checkpoint(p.parent)
         return p, f"the policy of checkpoint {p.parent}"
     ckpt = find_checkpoint(p)
+    if ckpt is not None and is_sharded(ckpt):
+        raise CheckpointError(f"{ckpt} was written by an FSDP run (its weights are sharded in {STATE}/): export "
+                              f"them first with: python -m unigrpo.export {ckpt} OUT_DIR, then use OUT_DIR")
     if ckpt == p:
-        return p / "policy", f"checkpoint {p}"
+        return p / POLICY, f"checkpoint {p}"
     if ckpt is not None:
-        return ckpt / "policy", f"the latest checkpoint of run {p} ({ckpt.name})"
+        return ckpt / POLICY, f"the latest checkpoint of run {p} ({ckpt.name})"
     if (p / "metrics.jsonl").exists() or (p / "config.yaml").exists():
         raise CheckpointError(f"run {p} holds no checkpoint yet (no {LATEST})")
     return p, f"model directory {p}"

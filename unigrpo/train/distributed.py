@@ -1,8 +1,9 @@
 """Past one process: ``torchrun --nproc-per-node N -m unigrpo.train ...``.
 
-Data parallel on PyTorch's own stack: every rank holds the policy, rolls out the rounds of
-its share of the iteration's prompts (whole groups, so advantages need no communication
-beyond the rewards), and DistributedDataParallel averages the gradients. The loss is
+Data parallel on PyTorch's own stack: every rank rolls out the rounds of its share of the
+iteration's prompts (whole groups, so advantages need no communication beyond the
+rewards), and DistributedDataParallel or FSDP2 (:mod:`unigrpo.train.sharding`) averages the
+gradients. The loss is
 scaled so that N processes train the objective one process would on the same rounds
 (token normalisers count the tokens of every rank). Rank 0 writes every run file.
 """
@@ -19,13 +20,15 @@ from torch import Tensor
 
 from ..config_bounds import bounded, check_bounds
 
-STRATEGIES = ("auto", "none", "ddp")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
 
 @dataclass
 class ParallelConfig:
-    """``strategy``: auto (ddp when launched with more than one process, else none),
-    none (one process), ddp (DistributedDataParallel). The backend is NCCL on CUDA, gloo on CPU."""
+    """``strategy``: auto (fsdp when launched with more than one process, else none),
+    none (one process), ddp (DistributedDataParallel: every rank holds the whole model),
+    fsdp (FSDP2: every rank holds 1/N of each block's weights, gradients and optimizer
+    state). The backend is NCCL on CUDA, gloo on CPU."""
 
     strategy: str = "auto"
     timeout_s: int = bounded(1800, ge=10, help="seconds a collective may wait for a rank before the job fails")
@@ -40,6 +43,7 @@ class ParallelConfig:
 class World:
     rank: int = 0
     size: int = 1
+    strategy: str = "none"
 
     @property
     def main(self) -> bool:
@@ -65,17 +69,18 @@ def local_device(device: torch.device) -> torch.device:
 def setup(cfg: ParallelConfig, device: torch.device) -> World:
     """Join torchrun's process group (once per process) and say who we are."""
     size = launched_size()
-    strategy = cfg.strategy if cfg.strategy != "auto" else ("ddp" if size > 1 else "none")
+    strategy = cfg.strategy if cfg.strategy != "auto" else ("fsdp" if size > 1 else "none")
     if strategy == "none":
         if size > 1:
-            raise ValueError(f"parallel.strategy=none, but torchrun started {size} processes: use ddp or one process")
+            raise ValueError(f"parallel.strategy=none, but torchrun started {size} processes: use fsdp, ddp or one "
+                             "process")
         return World()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
-    return World(dist.get_rank(), dist.get_world_size())
+    return World(dist.get_rank(), dist.get_world_size(), strategy)
 
 
 def all_gather(t: Tensor, world: World) -> Tensor:

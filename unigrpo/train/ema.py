@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from .sharding import copy_full_
+
 
 class ParameterEMA:
     def __init__(self, params: Iterable[nn.Parameter], decay: float) -> None:
@@ -46,13 +48,18 @@ class ParameterEMA:
             for p, t in zip(self.params, trained):
                 p.copy_(t)
 
-    def state_dict(self) -> dict[str, object]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+    def state_dict(self, shadow: bool = True) -> dict[str, object]:
+        """``shadow`` False: without the averages (a sharded run checkpoints them with its weights)."""
+        return {"decay": self.decay, "updates": self.updates,
+                "shadow": [s.clone() for s in self.shadow] if shadow else None}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        shadow: list[Tensor] = state["shadow"]  # type: ignore[assignment]
-        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
-            raise ValueError("the checkpoint's EMA does not match the policy's trained parameters")
-        for mine, saved in zip(self.shadow, shadow):
-            mine.copy_(saved)
+        """Whole averages are copied in (each rank keeps its slice of a sharded parameter's);
+        ``shadow`` None: they were loaded with the sharded weights."""
+        shadow: list[Tensor] | None = state["shadow"]  # type: ignore[assignment]
+        if shadow is not None:
+            if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
+                raise ValueError("the checkpoint's EMA does not match the policy's trained parameters")
+            for mine, saved in zip(self.shadow, shadow):
+                copy_full_(mine, saved)
         self.updates = int(state["updates"])  # type: ignore[arg-type]

@@ -18,17 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..integrity import CheckpointError, check_finite
+from ..integrity import CheckpointError, check_finite, nonfinite_tensors
 from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
-from ..rollout import RolloutBatch, generate_rounds
+from ..rollout import RolloutBatch, generate_rounds, sharded_sampling
 from ..task import Task, build_task, resolve_device
-from . import checkpointing, distributed
+from . import checkpointing, distributed, sharding
 from .advantages import group_advantages
 from .config import TrainConfig, optimizer_steps_per_iteration, save as save_config
 from .ema import ParameterEMA
@@ -90,18 +91,26 @@ def _rollout_seed(seed: int, rank: int) -> int:
     return seed + 1 + 1_000_003 * rank
 
 
-class _JointLoss(nn.Module):
-    """``joint_loss`` as a module's forward, so that DistributedDataParallel can wrap it:
-    DDP then syncs the gradients of whatever policy methods the loss calls. The frozen
-    reference is held outside the module tree (never synchronised, never trained)."""
+class _JointLoss(sharding.Sharded):
+    """``joint_loss`` as a module's forward, so that DDP or FSDP can wrap it: they then
+    sync the gradients of whatever policy methods the loss calls. Under DDP the frozen
+    reference is held outside the module tree (never synchronised); under FSDP a reference
+    that is a model of its own is a submodule, so that it is sharded like the policy."""
 
-    def __init__(self, policy: UnifiedPolicy, ref) -> None:
+    def __init__(self, policy: UnifiedPolicy, ref, shard_ref: bool = False) -> None:
         super().__init__()
         self.policy = policy
-        self._ref = (ref,)
+        if shard_ref and isinstance(ref, nn.Module):
+            self.ref = ref
+        else:
+            self._ref = (ref,)
+
+    def generation_modules(self) -> nn.Module:
+        return self.policy  # rollouts and evaluation never run the reference
 
     def forward(self, mb: RolloutBatch, adv: torch.Tensor, cfg, norm: TokenNorm):
-        return joint_loss(self.policy, self._ref[0], mb, adv, cfg, norm)
+        ref = self.ref if "ref" in self._modules else self._ref[0]
+        return joint_loss(self.policy, ref, mb, adv, cfg, norm)
 
 
 def _check_divisible(cfg: TrainConfig, world: distributed.World) -> None:
@@ -151,6 +160,12 @@ class Trainer:
         if not self.prompts:
             raise ValueError(f"task {self.task.name!r} has no training prompts")
         self.rewards = self.task.rewards()
+        fsdp = self.world.strategy == "fsdp"
+        self._loss = _JointLoss(self.policy, self.ref, shard_ref=fsdp)
+        if start_from is not None and not checkpointing.is_sharded(start_from):
+            self.policy.load_weights(start_from / "policy")  # whole weights: before sharding
+        if fsdp:
+            sharding.shard(self._loss, self.device, cfg.train.bf16_autocast)
         o = cfg.optim
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # frozen parts (LoRA bases, VAE) stay out
         if not trained:
@@ -173,41 +188,65 @@ class Trainer:
             self._resume(start_from)
         elif resume is not None and self.world.main:  # no checkpoint yet: the run starts again
             atomic_write_text(self.run_dir / "metrics.jsonl", "")
-        self._loss = _JointLoss(self.policy, self.ref)
         self._ddp = None  # DDP broadcasts rank 0's weights, so every rank starts from the same policy
-        if self.world.distributed:
+        if self.world.strategy == "ddp":
             self._ddp = DistributedDataParallel(self._loss, device_ids=[self.device.index] if self.device.type == "cuda"
                                                 else None, find_unused_parameters=True)
 
     # ------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights. Under FSDP the optimizer and the EMA's
+        averages are sharded: they go with the weights (:func:`sharding.save_state`)."""
         rngs = distributed.gather_objects(checkpointing.rng_state(self.generators), self.world)
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rngs[0], "rng_per_rank": rngs, "counters": dict(self.counters),
-                "history": self.history, **({"ema": self.ema.state_dict()} if self.ema else {})}
+        state = {"scheduler": self.scheduler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                 "counters": dict(self.counters), "history": self.history}
+        sharded = self.world.strategy == "fsdp"
+        if not sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict(shadow=not sharded)
+        return state
 
     def save(self) -> Path | None:
-        """Every rank takes part (the RNG states are gathered); rank 0 writes."""
-        state = self._trainer_state()
-        path = None
-        if self.world.main:
-            path = checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, state,
-                                                 (self.run_dir / "config.yaml").read_text())
-        distributed.barrier(self.world)
+        """Every rank takes part (RNG states are gathered; under FSDP every rank writes its
+        shards); rank 0 writes the rest and completes the checkpoint."""
+        state, path, world = self._trainer_state(), None, self.world
+        config = (self.run_dir / "config.yaml").read_text() if world.main else ""
+        if world.strategy != "fsdp":
+            if world.main:
+                path = checkpointing.save_checkpoint(self.run_dir, self.iteration, self.policy, state, config)
+        else:
+            bad = nonfinite_tensors(sharding.local_tensors(self.policy.state_dict()))
+            if not distributed.all_true(not bad, world, self.device):
+                raise CheckpointError(f"iteration {self.iteration}: refusing to checkpoint the policy: non-finite "
+                                      f"weights (NaN or inf) on some rank{' in ' + ', '.join(bad[:3]) if bad else ''}")
+            tmp = checkpointing.begin_checkpoint(self.run_dir, self.iteration) if world.main else None
+            tmp = distributed.gather_objects(tmp, world)[0]  # rank 0's directory, once it exists
+            sharding.save_state(tmp / checkpointing.STATE, self.policy, self.optimizer, self.ema)
+            distributed.barrier(world)  # every rank's shards are written
+            if world.main:
+                path = checkpointing.finish_checkpoint(self.run_dir, self.iteration, state, config)
+        distributed.barrier(world)
         return path
 
     def _resume(self, ckpt: Path) -> None:
-        """Continue from a verified checkpoint: weights, optimizer, schedule, RNG streams,
-        counters and the metrics so far (``metrics.jsonl`` is rewritten from them, so a
-        torn last line or the rows of an iteration that died are gone)."""
-        self.policy.load_weights(ckpt / "policy")
+        """Continue from a verified checkpoint: weights (whole ones were loaded before
+        sharding), optimizer, schedule, RNG streams, counters and the metrics so far
+        (``metrics.jsonl`` is rewritten from them, so a torn last line or the rows of an
+        iteration that died are gone). A checkpoint of any strategy and process count
+        resumes under any other."""
         state = checkpointing.load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" not in state:
+            raise CheckpointError(f"{ckpt}: train.ema_decay is on but the checkpoint holds no EMA "
+                                  "(it was written with the EMA off)")
+        if checkpointing.is_sharded(ckpt):
+            sharding.load_state(ckpt / checkpointing.STATE, self.policy, self.optimizer, self.ema)
+        elif self.world.strategy == "fsdp":
+            sharding.load_full_optimizer(self.policy, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
-            if "ema" not in state:
-                raise CheckpointError(f"{ckpt}: train.ema_decay is on but the checkpoint holds no EMA "
-                                      "(it was written with the EMA off)")
             self.ema.load_state_dict(state["ema"])
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         self.counters.update(state["counters"])
@@ -239,9 +278,9 @@ class Trainer:
         self.policy.eval()
         batch, error = None, None
         try:
-            batch = generate_rounds(self.policy, [p.text for p in chosen], [p.metadata for p in chosen],
-                                    self.rewards, cfg.rollout, self.generators["rollout"],
-                                    keep_noise=cfg.loss.grpo_guard)
+            batch = sharding.run_gathered(self._loss, generate_rounds, self.policy, [p.text for p in chosen],
+                                          [p.metadata for p in chosen], self.rewards, cfg.rollout,
+                                          self.generators["rollout"], keep_noise=cfg.loss.grpo_guard)
         except NonFiniteRewardError as e:
             error = e
         if not distributed.all_true(error is None, world, self.device):  # every rank skips together
@@ -261,16 +300,17 @@ class Trainer:
             finite = True
             for j, mb_idx in enumerate(step):
                 idx = mb_idx.to(self.device)
-                # DDP reduces the gradients once per optimizer step, at its last minibatch
-                sync = self._ddp is None or j == len(step) - 1
-                with nullcontext() if sync else self._ddp.no_sync():
+                # DDP / FSDP reduce the gradients once per optimizer step, at its last minibatch
+                sync = j == len(step) - 1
+                sharding.sync_gradients(self._loss, sync)
+                with nullcontext() if sync or self._ddp is None else self._ddp.no_sync():
                     with self._autocast():
                         loss, s = (self._ddp or self._loss)(batch.select(idx), adv[idx], cfg.loss,
                                                             dataclasses.replace(norm, minibatch_tokens=tokens[j]))
                     if not distributed.all_true(bool(torch.isfinite(loss)), world, self.device):
                         finite = False
-                        if self._ddp is not None:
-                            (loss * 0).backward()  # DDP expects a backward after each forward
+                        if world.distributed:
+                            (loss * 0).backward()  # DDP and FSDP expect a backward after each forward
                         break
                     loss.backward()
                 stats.append(s)
@@ -304,6 +344,8 @@ class Trainer:
 
     def _step(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm)
+        if isinstance(norm, DTensor):  # FSDP: the norm over every rank's shards
+            norm = norm.full_tensor()
         if not torch.isfinite(norm):
             self.counters["skipped_nonfinite_loss"] += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -317,17 +359,17 @@ class Trainer:
         return float(norm)
 
     def evaluate(self, tag: str) -> dict[str, float]:
-        """The task's held-out evaluation, written to ``RUN/eval-<tag>/``, as ``eval/*`` metrics
-        (of the EMA weights when ``train.ema_decay`` is on). Rank 0 evaluates; the others
-        wait for it at the next collective."""
-        if not self.world.main:
-            return {}
+        """The task's held-out evaluation, written to ``RUN/eval-<tag>/`` by rank 0, as
+        ``eval/*`` metrics (of the EMA weights when ``train.ema_decay`` is on). Every rank
+        takes part: :func:`unigrpo.rollout.sample_images` gives each its share of the images."""
         self.policy.eval()
-        with torch.no_grad(), self.ema.applied() if self.ema is not None else nullcontext():
-            res = self.task.evaluate(self.policy, self.run_dir / f"eval-{tag}")
+        out = self.run_dir / f"eval-{tag}" if self.world.main else None
+        with torch.no_grad(), self.ema.applied() if self.ema is not None else nullcontext(), \
+                sharded_sampling(self.world.rank, self.world.size):
+            res = sharding.run_gathered(self._loss, self.task.evaluate, self.policy, out)
         if "overall" not in res:
             raise ValueError(f"task {self.task.name!r}: evaluate() must return an 'overall' metric, got {sorted(res)}")
-        return {f"eval/{k}": float(v) for k, v in res.items()}
+        return {f"eval/{k}": float(v) for k, v in res.items()} if self.world.main else {}
 
     def fit(self, initial_eval: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Train to ``train.iterations``. ``initial_eval``: the iteration-0 evaluation when

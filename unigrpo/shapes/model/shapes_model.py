@@ -101,6 +101,8 @@ class DecodeState:
 class ShapesModel(UnifiedPolicy):
     """The built-in unified policy (see the module docstring)."""
 
+    _no_split_modules = ["UnifiedDecoderLayer"]  # FSDP's unit (unigrpo.train.sharding)
+
     def __init__(self, config: ShapesConfig | None = None, tokenizer=None) -> None:
         super().__init__()
         tokenizer = build_tokenizer() if tokenizer is None else tokenizer

@@ -1,0 +1,55 @@
+"""python -m unigrpo.export CHECKPOINT OUT_DIR
+
+Write a training checkpoint's policy as a plain model directory (the policy's own
+``save_pretrained``: safetensors for ``from_pretrained``, a peft adapter, diffusers' LoRA
+file), in one process. This is how an FSDP run's checkpoint, whose weights are sharded
+in ``state/``, becomes a model; a one-process or DDP checkpoint's ``policy/`` is one
+already and is written again the same way. CHECKPOINT: a run directory (its latest
+checkpoint) or a ``checkpoint-*`` directory. The policy is built from the checkpoint's own
+config (its base models must be where that config says)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli import ArgumentParser, SETUP_ERRORS, RUN_ERRORS, attempt
+from .integrity import CheckpointError
+
+PROG = "python -m unigrpo.export"
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write the policy of ``checkpoint`` (verified) to ``out_dir``; returns the checkpoint used."""
+    from .task import build_task
+    from .train import checkpointing, sharding
+    from .train.config import load
+
+    ckpt = checkpointing.find_checkpoint(Path(checkpoint))
+    if ckpt is None:
+        raise CheckpointError(f"{checkpoint} holds no checkpoint yet")
+    cfg = load(ckpt / "config.yaml", [])
+    policy = build_task(cfg.task).build_policy(cfg.model, "cpu")
+    if checkpointing.is_sharded(ckpt):
+        sharding.load_weights(ckpt / checkpointing.STATE, policy)
+    else:
+        policy.load_weights(ckpt / checkpointing.POLICY)
+    policy.save_pretrained(out_dir)
+    return ckpt
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="run directory or checkpoint-* directory")
+    p.add_argument("out_dir", help="directory to write the model to")
+    args = p.parse_args(argv)
+    ckpt, code = attempt(lambda: export(args.checkpoint, args.out_dir), SETUP_ERRORS + RUN_ERRORS, PROG)
+    if code:
+        return code
+    print(f"{PROG}: wrote the policy of {ckpt} to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
