@@ -4,7 +4,7 @@
 # the one dispatched, run every test that needs CUDA (kernels, Triton on the GPU,
 # CUDA-graph replay == eager bit for bit), compute-sanitizer (memcheck, racecheck,
 # initcheck) over every kernel on tiny shapes, N x V > 2^31 and > 65535 rows
-# against fp64, and the GPU benchmarks (log-prob forward against a measured copy
+# against fp64, a short FSDP2 training run and its export, and the GPU benchmarks (log-prob forward against a measured copy
 # bandwidth; the bench/ suites on cuda). Writes $OUT/gpu_check.md (a table of
 # steps, PASS/FAIL, seconds) and one log per step; exits non-zero if a step failed.
 #
@@ -60,6 +60,14 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "| sanitizer | SKIPPED (no compute-sanitizer) | 0 |" >>"$REPORT"
 fi
+# FSDP2 on the device (NCCL, one process: the sharding hooks, bf16 mixed precision, CUDA-graph
+# rollouts over gathered weights, a DCP checkpoint), then its export in one plain process
+FSDP_RUN="$OUT/fsdp-run"
+rm -rf "$FSDP_RUN"
+step fsdp 240 bash -c "torchrun --standalone --nproc-per-node 1 -m unigrpo.train parallel.strategy=fsdp \
+  train.iterations=2 train.prompts_per_iteration=4 train.minibatch_size=16 train.eval_every=2 task.eval_size=4 \
+  train.output_dir='$FSDP_RUN' --no-progress && test -d '$FSDP_RUN/checkpoint-000002/state' && \
+  $PY -m unigrpo.export '$FSDP_RUN' '$OUT/fsdp-export'"
 step large 120 $PY scripts/gpu_check.py large
 step bandwidth 120 $PY scripts/gpu_check.py bandwidth
 step bench 240 $PY -m pytest bench/ --benchmark-only -q -p no:cacheprovider --benchmark-json="$OUT/bench.json"

@@ -11,6 +11,8 @@ config (its base models must be where that config says)."""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +28,9 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     from .train import checkpointing, sharding
     from .train.config import load
 
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty directory: name a new one")
     ckpt = checkpointing.find_checkpoint(Path(checkpoint))
     if ckpt is None:
         raise CheckpointError(f"{checkpoint} holds no checkpoint yet")
@@ -35,7 +40,12 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         sharding.load_weights(ckpt / checkpointing.STATE, policy)
     else:
         policy.load_weights(ckpt / checkpointing.POLICY)
-    policy.save_pretrained(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")  # renamed into place once whole
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
     return ckpt
 
 

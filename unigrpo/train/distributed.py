@@ -76,6 +76,9 @@ def setup(cfg: ParallelConfig, device: torch.device) -> World:
                              "process")
         return World()
     if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            raise ValueError(f"parallel.strategy={strategy} runs in processes torchrun starts: torchrun "
+                             "--nproc-per-node N -m unigrpo.train ... (alone, parallel.strategy=none)")
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)

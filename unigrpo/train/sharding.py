@@ -13,10 +13,12 @@ nothing in between communicates.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -133,7 +135,9 @@ def _load(state: dict, directory: Path) -> None:
     """``dcp.load`` in place, its failures (a missing key, another model's shapes, a torn
     file) as one :class:`CheckpointError` naming the first."""
     try:
-        dcp.load(state, checkpoint_id=str(directory))
+        with warnings.catch_warnings():  # one process reading a sharded checkpoint is what we mean
+            warnings.filterwarnings("ignore", message="torch.distributed is .*assuming the intent")
+            dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
     except (Exception, CheckpointException) as e:
         first = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
         text = " ".join(str(first).split())[:400]
