@@ -18,7 +18,8 @@ def impl_of(name: str) -> str:
     params = found.group(1).split("-")
     # an op benchmark's id holds one implementation name; any other id (rollout modes such as
     # "no-cfg", verifier cases) is its own row, named whole
-    return next((p for p in params if p in ("reference", "compiled", "floor", "native", "triton", "torch")),
+    return next((p for p in params if p in ("reference", "compiled", "floor", "native", "triton", "torch", "unfused",
+                                                      "liger")),
                 found.group(1))
 
 

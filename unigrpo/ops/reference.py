@@ -65,6 +65,13 @@ def grpo_token_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=None
     return loss * mask
 
 
+def fused_linear_grpo_loss(hidden, weight, ids, old_logp, advantages, token_weights, temperature=1.0, eps_low=0.2,
+                           eps_high=None, ref_logp=None, beta=0.0, bias=None):
+    """sum_i token_weights[i] * the per-token GRPO loss of the LM head's log-prob of ids[i]."""
+    logp = fused_linear_token_logprobs(hidden, weight, ids, temperature, bias)
+    return grpo_token_loss(logp, old_logp, advantages, token_weights, eps_low, eps_high, ref_logp, beta).sum()
+
+
 def sde_step(x, v, sigma, sigma_next, noise_level, noise):
     """FlowGRPO SDE step on (B, ...) latents; returns (x_next, mean, std (B,), logp (B,))."""
     cx, cv, std, _ = sde_coefficients(sigma, sigma_next, noise_level)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import ops
 from ..config_bounds import bounded, check_bounds
-from ..policy import ImageContext, UnifiedPolicy, hidden_token_logprobs
+from ..policy import ImageContext, UnifiedPolicy
 from ..rollout import RolloutBatch, guided_velocity
 
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
@@ -94,23 +94,29 @@ class TokenNorm:
     minibatch_tokens: float | None = None
 
 
-def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
-    """(B, N) per-token losses (0 where masked) of one minibatch -> its share of the
-    step's loss (TRL's ``loss_type``), already divided for gradient accumulation: the
-    sum of these over a step's minibatches is the step's loss."""
+def token_weights(mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
+    """(B, N) weight of each token's loss in the minibatch's share of the step's loss
+    (TRL's ``loss_type``), already divided for gradient accumulation: the sum over a step's
+    minibatches of sum(weights * per-token loss) is the step's loss. 0 where masked."""
     mask = mask.float()
     if loss_type == "dapo":
-        return loss.sum() * norm.ranks / max(norm.step_tokens, 1.0)
+        return mask * (norm.ranks / max(norm.step_tokens, 1.0))
     if loss_type == "bnpo":
         tokens = mask.sum().clamp_min(1) if norm.minibatch_tokens is None else max(norm.minibatch_tokens, 1.0)
-        per_mb = loss.sum() * norm.ranks / tokens
+        per_mb = mask * norm.ranks / tokens
     elif loss_type == "grpo":
-        per_mb = (loss.sum(1) / mask.sum(1).clamp_min(1)).mean()
+        per_mb = mask / (mask.sum(1, keepdim=True).clamp_min(1) * mask.shape[0])
     elif loss_type == "dr_grpo":
-        per_mb = loss.sum() / (loss.shape[0] * norm.max_tokens)
+        per_mb = mask / (mask.shape[0] * norm.max_tokens)
     else:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     return per_mb / norm.accumulation
+
+
+def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: TokenNorm) -> Tensor:
+    """(B, N) per-token losses (0 where masked) of one minibatch -> its share of the
+    step's loss: ``sum(token_weights(...) * loss)``."""
+    return (token_weights(mask, loss_type, norm) * loss).sum()
 
 
 def trained_token_mask(mb: RolloutBatch, cfg: LossConfig) -> Tensor:
@@ -121,26 +127,29 @@ def trained_token_mask(mb: RolloutBatch, cfg: LossConfig) -> Tensor:
 
 def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
               hidden: Tensor, norm: TokenNorm) -> tuple[Tensor, dict[str, Tensor]]:
-    """hidden: the policy's teacher-forced states of ``mb.ids`` (B, L, H)."""
+    """hidden: the policy's teacher-forced states of ``mb.ids`` (B, L, H). The loss comes
+    straight from ``hidden`` and the LM head (:func:`unigrpo.ops.fused_linear_grpo_loss`:
+    the (tokens, V) logits never exist whole, and their gradients are formed in the same pass)."""
     start = mb.reasoning_start
-    logp, ent = hidden_token_logprobs(hidden, policy.lm_head_weight, mb.ids, mb.mask, mb.temperature, start,
-                                      return_entropy=True)
+    b, n = mb.reasoning_mask.shape
     tok_mask = trained_token_mask(mb, cfg)
+    # a token is scored from the state before it; padding (a masked token or one after a masked one) weighs 0
+    valid = mb.mask[:, start:].bool() & mb.mask[:, start - 1:-1].bool()
+    weights = token_weights(tok_mask & valid, cfg.loss_type, norm)
     ref_logp = None
     if cfg.beta > 0 and ref is not None:
         with torch.no_grad():
-            ref_logp = ref.token_logprobs(mb.ids, mb.mask, mb.temperature, start)
-    out = ops.grpo_token_loss(mb.reasoning_logprobs.reshape(-1), adv[:, None].expand_as(logp).reshape(-1),
-                              tok_mask.reshape(-1), logp=logp.reshape(-1), eps_low=cfg.epsilon,
-                              eps_high=cfg.epsilon_high, ref_logp=None if ref_logp is None else ref_logp.reshape(-1),
-                              beta=cfg.beta)
-    loss = aggregate_token_loss(out.loss.view_as(logp), tok_mask, cfg.loss_type, norm)
-    n = tok_mask.float().sum().clamp_min(1)
+            ref_logp = ref.token_logprobs(mb.ids, mb.mask, mb.temperature, start).reshape(-1)
+    out = ops.fused_linear_grpo_loss(
+        hidden[:, start - 1:-1].reshape(b * n, -1), policy.lm_head_weight, mb.ids[:, start:].reshape(-1),
+        mb.reasoning_logprobs.reshape(-1), adv[:, None].expand(b, n).reshape(-1), weights.reshape(-1),
+        temperature=mb.temperature, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, ref_logp=ref_logp, beta=cfg.beta)
+    count = tok_mask.float().sum().clamp_min(1)
     stats = {f"text/{k}": v for k, v in out.stats.items()}
-    stats["text/entropy"] = (ent.detach() * tok_mask).sum() / n
+    stats["text/entropy"] = (out.entropy.view(b, n) * tok_mask).sum() / count
     stats["text/reasoning_len"] = mb.reasoning_mask.float().sum(1).mean()
     stats["text/truncated_frac"] = mb.truncated.float().mean()
-    return loss, stats
+    return out.loss, stats
 
 
 def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
