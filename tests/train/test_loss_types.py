@@ -81,3 +81,42 @@ def test_accumulated_step_equals_one_big_minibatch_only_for_dapo(tmp_path, loss_
     assert one.keys() == two.keys()
     close = all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-8) for k in one)
     assert close == same
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_the_fused_text_loss_is_the_composed_one(tmp_path, loss_type):
+    # the trainer's text loss (fused_linear_grpo_loss with the aggregation's token weights)
+    # against the composition it replaced: log-probs, then grpo_token_loss, then the aggregation
+    from tiny_runs import PROMPTS
+
+    from unigrpo import ops
+    from unigrpo.policy import hidden_token_logprobs
+    from unigrpo.rollout import generate_rounds
+    from unigrpo.train.advantages import group_advantages
+    from unigrpo.train.losses import text_loss, trained_token_mask
+
+    t = trainer(tmp_path, [f"loss.loss_type={loss_type}", "loss.beta=0.05", "loss.epsilon_high=0.28"])
+    batch = generate_rounds(t.policy, PROMPTS, [{}] * 4, t.rewards, t.cfg.rollout, torch.Generator().manual_seed(0))
+    adv = group_advantages(batch.rewards, batch.group_ids, "group", 5.0)
+    cfg, norm = t.cfg.loss, TokenNorm(accumulation=2, step_tokens=50.0, max_tokens=MAX_TOKENS, minibatch_tokens=20.0)
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    hidden = t.policy.text_forward(batch.ids, batch.mask)
+    fused, stats = text_loss(t.policy, t.ref, batch, adv, cfg, hidden, norm)
+    g_fused = torch.autograd.grad(fused, params, allow_unused=True)
+
+    hidden = t.policy.text_forward(batch.ids, batch.mask)
+    start = batch.reasoning_start
+    logp = hidden_token_logprobs(hidden, t.policy.lm_head_weight, batch.ids, batch.mask, batch.temperature, start)
+    mask = trained_token_mask(batch, cfg)
+    ref_logp = t.ref.token_logprobs(batch.ids, batch.mask, batch.temperature, start)
+    out = ops.grpo_token_loss(batch.reasoning_logprobs.reshape(-1), adv[:, None].expand_as(logp).reshape(-1),
+                              mask.reshape(-1), logp=logp.reshape(-1), eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
+                              ref_logp=ref_logp.reshape(-1), beta=cfg.beta)
+    composed = aggregate_token_loss(out.loss.view_as(logp), mask, loss_type, norm)
+    g_composed = torch.autograd.grad(composed, params, allow_unused=True)
+    torch.testing.assert_close(fused, composed, rtol=1e-5, atol=1e-7)
+    assert stats["text/ratio_mean"] == out.stats["ratio_mean"]
+    for a, b in zip(g_fused, g_composed):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
