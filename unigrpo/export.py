@@ -1,4 +1,4 @@
-"""python -m unigrpo.export CHECKPOINT OUT_DIR
+"""python -m unigrpo.export CHECKPOINT OUT_DIR [--ema]
 
 Write a training checkpoint's policy as a plain model directory (the policy's own
 ``save_pretrained``: safetensors for ``from_pretrained``, a peft adapter, diffusers' LoRA
@@ -6,7 +6,8 @@ file), in one process. This is how an FSDP run's checkpoint, whose weights are s
 in ``state/``, becomes a model; a one-process or DDP checkpoint's ``policy/`` is one
 already and is written again the same way. CHECKPOINT: a run directory (its latest
 checkpoint) or a ``checkpoint-*`` directory. The policy is built from the checkpoint's own
-config (its base models must be where that config says)."""
+config (its base models must be where that config says). ``--ema`` writes the run's
+exponential moving average (``train.ema_decay``), the weights its evaluations used."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from .integrity import CheckpointError
 PROG = "python -m unigrpo.export"
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write the policy of ``checkpoint`` (verified) to ``out_dir``; returns the checkpoint used."""
+def export(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Path:
+    """Write the policy of ``checkpoint`` (verified) to ``out_dir``; returns the checkpoint used.
+    ``ema``: the run's exponential moving average of the trained weights (``train.ema_decay``)
+    in place of the trained weights themselves."""
     from .task import build_task
     from .train import checkpointing, sharding
     from .train.config import load
@@ -40,6 +43,8 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         sharding.load_weights(ckpt / checkpointing.STATE, policy)
     else:
         policy.load_weights(ckpt / checkpointing.POLICY)
+    if ema:
+        _load_ema(ckpt, policy)
     tmp = out.with_name(f".{out.name}.tmp")  # renamed into place once whole
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
@@ -49,15 +54,35 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return ckpt
 
 
+def _load_ema(ckpt: Path, policy) -> None:
+    import torch
+
+    from .train import checkpointing, sharding
+
+    state = checkpointing.load_trainer_state(ckpt).get("ema")
+    if state is None:
+        raise CheckpointError(f"--ema: {ckpt} holds no EMA (its run had train.ema_decay=0)")
+    trained = [p for p in policy.parameters() if p.requires_grad]
+    shadow = state["shadow"]
+    if shadow is None:  # an FSDP run keeps the averages with its sharded weights
+        shadow = sharding.load_ema(ckpt / checkpointing.STATE, policy)
+    if len(shadow) != len(trained) or any(s.shape != p.shape for s, p in zip(shadow, trained)):
+        raise CheckpointError(f"--ema: the EMA of {ckpt} does not match the policy's trained parameters")
+    with torch.no_grad():
+        for p, s in zip(trained, shadow):
+            p.copy_(s)
+
+
 def main(argv=None) -> int:
     p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="run directory or checkpoint-* directory")
     p.add_argument("out_dir", help="directory to write the model to")
+    p.add_argument("--ema", action="store_true", help="write the run's EMA weights (train.ema_decay > 0)")
     args = p.parse_args(argv)
-    ckpt, code = attempt(lambda: export(args.checkpoint, args.out_dir), SETUP_ERRORS + RUN_ERRORS, PROG)
+    ckpt, code = attempt(lambda: export(args.checkpoint, args.out_dir, args.ema), SETUP_ERRORS + RUN_ERRORS, PROG)
     if code:
         return code
-    print(f"{PROG}: wrote the policy of {ckpt} to {args.out_dir}")
+    print(f"{PROG}: wrote the {'EMA ' if args.ema else ''}policy of {ckpt} to {args.out_dir}")
     return 0
 
 

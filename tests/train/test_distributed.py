@@ -114,6 +114,16 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4, 5] and "eval/overall" in rows[-1]
+    # the sharded checkpoint's EMA exports too, and is not the trained weights
+    for extra, name in (([], "trained"), (["--ema"], "ema")):
+        out = subprocess.run([sys.executable, "-m", "unigrpo.export", str(run / "checkpoint-000005"),
+                              str(tmp_path / name), *extra], cwd=tmp_path, env=_env(), capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    from unigrpo.shapes.model import ShapesModel
+
+    trained, ema = (ShapesModel.from_pretrained(tmp_path / n).state_dict() for n in ("trained", "ema"))
+    assert trained.keys() == ema.keys() and any(not torch.equal(trained[k], ema[k]) for k in trained)
     # a damaged shard is named, on one line, before anything runs
     shard = next((run / "checkpoint-000005" / "state").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")

@@ -144,6 +144,14 @@ def _load(state: dict, directory: Path) -> None:
         raise CheckpointError(f"{directory} does not load into this policy: {type(first).__name__}: {text}") from None
 
 
+def load_ema(directory: Path, policy: nn.Module) -> list[torch.Tensor]:
+    """The EMA averages :func:`save_state` wrote, whole, in the trained parameters' order."""
+    params = dict(policy.named_parameters())
+    ema = {n: torch.empty_like(params[n], dtype=torch.float32) for n in trained_names(policy)}
+    _load({"ema": ema}, directory)
+    return list(ema.values())
+
+
 def load_state(directory: Path, policy: nn.Module, optimizer, ema) -> None:
     """Load what :func:`save_state` wrote, resharded to this job (sharded or not)."""
     state = _state(policy, optimizer, ema)
