@@ -192,8 +192,11 @@ def test_a_rank_killed_mid_iteration_resumes_from_the_last_checkpoint(tmp_path):
 
 
 
-def test_a_real_model_policy_trains_data_parallel(tmp_path):
-    # lm+diffusers with LoRA on both models: DDP syncs the adapters through the policy's methods
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full-with-kl"])
+def test_a_real_model_policy_trains_sharded(tmp_path, lora):
+    # lm+diffusers under FSDP2 (the default past one process): LoRA on both models (the reference
+    # is the models with adapters disabled), or full fine-tuning with the text KL on (the reference
+    # is a frozen copy sharing the frozen encoders and VAE, sharded as a submodule)
     pytest.importorskip("diffusers")
     pytest.importorskip("peft")
     from tiny_hf_models import save_lm, save_sd3
@@ -202,7 +205,8 @@ def test_a_real_model_policy_trains_data_parallel(tmp_path):
     (tmp_path / "prompts.txt").write_text("a red circle\nthree triangles\na blue square\ntwo squares\na cat\n")
     run = tmp_path / "run"
     out = _torchrun(["-m", "unigrpo.train", "model.type=lm+diffusers", f"model.lm={lm}", f"model.pipeline={sd3}",
-                     "model.resolution=32", "model.lora_rank=4", "task=prompts", f"task.file={tmp_path / 'prompts.txt'}",
+                     "model.resolution=32", f"model.lora_rank={4 if lora else 0}", f"loss.beta={0 if lora else 0.05}",
+                     "task=prompts", f"task.file={tmp_path / 'prompts.txt'}",
                      "task.reward=brightness", "task.heldout_fraction=0.2", "task.eval_steps=2",
                      "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
                      "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.iterations=2",
@@ -211,9 +215,13 @@ def test_a_real_model_policy_trains_data_parallel(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # 4 rounds an iteration in minibatches of 2 (1 a rank): 2 optimizer steps an iteration
     assert [r["iteration"] for r in rows] == [0, 1, 2] and rows[-1]["train/optimizer_steps"] == 4
-    # FSDP (the default past one process) checkpoints the adapters sharded; exported, they are diffusers' LoRA file
+    if not lora:
+        assert rows[-1]["text/kl_ref"] > 0  # the sharded reference took part
     assert (run / "checkpoint-000002" / "state").is_dir() and not (run / "checkpoint-000002" / "policy").exists()
     out = subprocess.run([sys.executable, "-m", "unigrpo.export", str(run), str(tmp_path / "export")], cwd=tmp_path,
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "export" / "transformer_lora" / "pytorch_lora_weights.safetensors").is_file()
+    # exported in each library's own format: diffusers' LoRA file, or the whole LM and transformer
+    wanted = ["transformer_lora/pytorch_lora_weights.safetensors"] if lora else \
+        ["lm/model.safetensors", "transformer/diffusion_pytorch_model.safetensors"]
+    assert all((tmp_path / "export" / f).is_file() for f in wanted)
