@@ -265,8 +265,11 @@ class Trainer:
 
     # -------------------------------------------------------------- the loop
     def _autocast(self):
+        """The loss's precision, and the rollout's: the loss recomputes what the rollout
+        recorded, and the image ratio's clip (1e-4) leaves no room for fp32 against bf16.
+        No weight cache: the rollout captures CUDA graphs, which must not hold cached casts."""
         on = self.device.type == "cuda" and self.cfg.train.bf16_autocast
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on, cache_enabled=False)
 
     def train_iteration(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
@@ -278,9 +281,10 @@ class Trainer:
         self.policy.eval()
         batch, error = None, None
         try:
-            batch = sharding.run_gathered(self._loss, generate_rounds, self.policy, [p.text for p in chosen],
-                                          [p.metadata for p in chosen], self.rewards, cfg.rollout,
-                                          self.generators["rollout"], keep_noise=cfg.loss.grpo_guard)
+            with self._autocast():
+                batch = sharding.run_gathered(self._loss, generate_rounds, self.policy, [p.text for p in chosen],
+                                              [p.metadata for p in chosen], self.rewards, cfg.rollout,
+                                              self.generators["rollout"], keep_noise=cfg.loss.grpo_guard)
         except NonFiniteRewardError as e:
             error = e
         if not distributed.all_true(error is None, world, self.device):  # every rank skips together
