@@ -50,7 +50,7 @@ class LoopConfig:
     output_dir: str = "runs/unigrpo"
     save_every: int = bounded(100, ge=1, help="iterations between checkpoints")
     eval_every: int = bounded(100, ge=1, help="iterations between held-out evaluations (task.eval_* set their size)")
-    bf16_autocast: bool = True      # on CUDA only
+    bf16_autocast: bool = True      # on CUDA only: the rollout and the loss alike (and FSDP's bf16 weights)
     ema_decay: float = bounded(0.0, ge=0, lt=1, help="EMA of the trained weights, used by the held-out "
                                                      "evaluations (0: off)")
 
