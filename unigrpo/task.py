@@ -147,6 +147,8 @@ class TaskConfig:
     eval_steps: int = bounded(40, ge=1, help="ODE (Euler) steps of the held-out evaluation")
     eval_temperature: float = bounded(1.0, ge=0, help="reasoning temperature of the held-out evaluation (0: greedy)")
     eval_seed: int = bounded(0, ge=0, help="seed of the evaluation's noise and reasoning")
+    eval_batch_size: int = bounded(128, ge=1, help="images drawn at once in the held-out evaluation (its memory; "
+                                                   "under torchrun the ranks share these chunks)")
     # train without CFG, evaluate with it: the setup FlowGRPO's author reports best for Bagel
     eval_guidance_scale: float = bounded(1.0, ge=1, help="classifier-free guidance of the held-out evaluation "
                                                          "(1: none, as in training)")

@@ -84,7 +84,8 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
             "task.heldout_fraction=0.34", f"model.checkpoint={tmp_path / 'tiny'}", f"train.output_dir={run}",
             "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
             "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.save_every=1",
-            "train.eval_every=2", "task.eval_steps=2", "train.ema_decay=0.5", "--no-progress"]
+            "train.eval_every=2", "task.eval_steps=2", "task.eval_batch_size=1", "train.ema_decay=0.5",
+            "--no-progress"]
     two = _torchrun(["-m", "unigrpo.train", *args, "train.iterations=2"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

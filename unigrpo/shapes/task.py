@@ -72,6 +72,7 @@ class ShapesTask(Task):
         res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
                                   images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
                                   temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
+                                  batch_size=c.eval_batch_size,
                                   grid_per_category=2), policy)
         table = res["modes"]["reasoning"]
         return {"overall": table["overall"], **table["per_category"]}

@@ -121,7 +121,8 @@ class PromptsTask(Task):
                              "task.heldout_file")
         texts, meta = [p.text for p in prompts], [p.metadata for p in prompts]
         images, reasonings, _ = sample_images(policy, texts, steps=c.eval_steps, temperature=c.eval_temperature,
-                                              seed=c.eval_seed, guidance_scale=c.eval_guidance_scale)
+                                              seed=c.eval_seed, guidance_scale=c.eval_guidance_scale,
+                                              batch_size=c.eval_batch_size)
         result = self._rewards(images, texts, meta)
         metrics = {"overall": float(result.total.mean()),
                    **{f"reward/{k}": float(v.mean()) for k, v in result.components.items()},
