@@ -39,7 +39,7 @@ def _max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp-kept", "ddp"])
 @pytest.mark.parametrize("loss", [["loss.loss_type=dapo"], ["loss.loss_type=grpo", "loss.scale_rewards=batch"]],
                          ids=["dapo", "grpo-batch-scaled"])
 def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss, strategy):
@@ -51,8 +51,10 @@ def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss, st
     split = ["train.minibatch_size=8", "train.gradient_accumulation_steps=2"]
     one = _one_process(tmp_path, "one", common + split)
     other_order = _one_process(tmp_path, "other-order", common + ["train.minibatch_size=16"])
-    two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split,
-                     f"parallel.strategy={strategy}"], tmp_path)
+    parallel = {"fsdp-kept": ["parallel.strategy=fsdp", "parallel.reshard_after_forward=false"]}.get(
+        strategy, [f"parallel.strategy={strategy}"])
+    two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split, *parallel],
+                    tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     start = __import__("tiny_runs").tiny(0).state_dict()
     noise = _max_diff(one, other_order)
@@ -61,7 +63,7 @@ def test_two_processes_train_what_one_does_on_the_same_rounds(tmp_path, loss, st
     assert _max_diff(one, two) <= 3 * noise + 1e-6, noise
     # the last checkpoint, exported in one process, is exactly the weights the job ended with
     last = tmp_path / "two" / "checkpoint-000003"
-    assert (last / "state").is_dir() == (strategy == "fsdp")
+    assert (last / "state").is_dir() == strategy.startswith("fsdp")
     out = subprocess.run([sys.executable, "-m", "unigrpo.export", str(last), str(tmp_path / "export")], cwd=tmp_path,
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -31,6 +31,10 @@ class ParallelConfig:
     state). The backend is NCCL on CUDA, gloo on CPU."""
 
     strategy: str = "auto"
+    # fsdp: free each block's gathered weights after its forward and gather them again for its
+    # backward (ZeRO-3, the least memory), or keep them to the backward (one all-gather fewer a
+    # block, the memory of the whole weights during the loss: ZeRO-2-like)
+    reshard_after_forward: bool = True
     timeout_s: int = bounded(1800, ge=10, help="seconds a collective may wait for a rank before the job fails")
 
     def validate(self) -> None:

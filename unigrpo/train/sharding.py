@@ -51,9 +51,10 @@ class Sharded(nn.Module):
         return self
 
 
-def shard(root: Sharded, device: torch.device, bf16: bool) -> None:
+def shard(root: Sharded, device: torch.device, bf16: bool, reshard_after_forward: bool = True) -> None:
     """``fully_shard`` each block of ``root`` (innermost first), then ``root`` itself.
-    ``bf16`` (CUDA): bf16 weights and compute, fp32 gradient reduction."""
+    ``bf16`` (CUDA): bf16 weights and compute, fp32 gradient reduction;
+    ``reshard_after_forward`` (``parallel.reshard_after_forward``): each block's."""
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if bf16 and device.type == "cuda" else MixedPrecisionPolicy()
     names = block_classes(root)
@@ -67,7 +68,8 @@ def shard(root: Sharded, device: torch.device, bf16: bool) -> None:
             raise ValueError(f"parallel.strategy=fsdp: {type(m).__name__} holds parameters of several dtypes "
                              f"({sorted(map(str, dtypes))}), which FSDP can only gather with bf16 mixed precision "
                              "(CUDA with train.bf16_autocast); set model.dtype=float32 or use parallel.strategy=ddp")
-        fully_shard(m, mp_policy=mp)
+        fully_shard(m, mp_policy=mp, reshard_after_forward=reshard_after_forward if m is not root else None)
+    root.blocks_reshard_after_forward = reshard_after_forward  # what run_gathered restores
     register_fsdp_forward_method(root, "run")
 
 
@@ -95,7 +97,7 @@ def _gathered(root: FSDPModule, fn: Callable, *args, **kwargs):
         for m in [*units, root]:
             m.reshard()
         for m in units:
-            m.set_reshard_after_forward(True, recurse=False)
+            m.set_reshard_after_forward(root.blocks_reshard_after_forward, recurse=False)
 
 
 def sync_gradients(root: nn.Module, sync: bool) -> None:

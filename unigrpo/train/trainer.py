@@ -165,7 +165,7 @@ class Trainer:
         if start_from is not None and not checkpointing.is_sharded(start_from):
             self.policy.load_weights(start_from / "policy")  # whole weights: before sharding
         if fsdp:
-            sharding.shard(self._loss, self.device, cfg.train.bf16_autocast)
+            sharding.shard(self._loss, self.device, cfg.train.bf16_autocast, cfg.parallel.reshard_after_forward)
         o = cfg.optim
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # frozen parts (LoRA bases, VAE) stay out
         if not trained:
