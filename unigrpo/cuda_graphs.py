@@ -40,6 +40,9 @@ class CapturedGraph:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.outputs = fn()
+        # the graph reads whatever fn's closure reads (a context, a decode state) by address:
+        # hold them for as long as the graph can be replayed
+        self._reads = (fn, warmup)
 
     def replay(self) -> Any:
         self.graph.replay()
