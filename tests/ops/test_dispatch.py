@@ -52,3 +52,31 @@ def test_ops_follow_the_forced_backend(monkeypatch):
     v = torch.randn(2, 3, requires_grad=True)
     ops.velocity_mse(v, torch.zeros(2, 3), backend="torch").sum().backward()
     assert calls == ["logprob_forward", "logprob_backward", "sde_row_sums", "sde_row_grad"]
+
+
+def test_describe_says_what_runs_and_why_not_the_fastest(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("UNIGRPO_BACKEND", raising=False)
+    if "native" in ops.available_backends(cpu):
+        assert dispatch.describe(cpu).startswith("native (C++ kernels at ISA level x86-64")
+    monkeypatch.setenv("UNIGRPO_BACKEND", "torch")
+    assert dispatch.describe(cpu) == "torch, forced by UNIGRPO_BACKEND"
+    monkeypatch.delenv("UNIGRPO_BACKEND")
+    broken = type(dispatch)("native")
+    broken.load_error = "ImportError: simulated"
+    broken.available_for = lambda device: False
+    monkeypatch.setitem(dispatch._modules, "native", broken)
+    monkeypatch.setattr(dispatch, "_warned", {"native"})
+    assert dispatch.describe(cpu) == "torch: native is unavailable (ImportError: simulated)"
+
+
+def test_the_native_cuda_reason_names_the_driver(monkeypatch):
+    from unigrpo.ops.backends import native
+
+    monkeypatch.setattr(native, "_C_cuda", object())  # built, loaded...
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ...torch sees GPUs...
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # ...the kernels' runtime does not
+    assert "NVIDIA driver is older than the CUDA toolkit" in native.why_unavailable(torch.device("cuda"))
+    monkeypatch.setattr(native, "_C_cuda", None)
+    monkeypatch.setattr(native, "_cuda_error", None)
+    assert "no CUDA kernels" in native.why_unavailable(torch.device("cuda"))

@@ -42,7 +42,10 @@ def _available(name: str, device: torch.device) -> bool:
 
 
 def _why_unavailable(name: str, device: torch.device) -> str:
-    err = getattr(_module(name), "load_error", None)
+    mod = _module(name)
+    if hasattr(mod, "why_unavailable"):
+        return mod.why_unavailable(device)
+    err = getattr(mod, "load_error", None)
     return err or f"it does not support {device.type} tensors in this environment"
 
 
@@ -72,6 +75,23 @@ def get_backend(device: torch.device, backend: str | None = None) -> ModuleType:
             warnings.warn(f"unigrpo native kernels unavailable ({_why_unavailable(name, device)}); "
                           "falling back to a slower backend", RuntimeWarning, stacklevel=3)
     return _module("torch")
+
+
+def describe(device: torch.device) -> str:
+    """Which backend the ops run on ``device`` and, when it is not the fastest, why: the
+    line a training run starts with, so that a slower fallback is never silent."""
+    device = torch.device(device)
+    chosen = get_backend(device)
+    name = chosen.name
+    detail = chosen.describe(device) if hasattr(chosen, "describe") else ""
+    text = f"{name}" + (f" ({detail})" if detail else "")
+    forced = os.environ.get("UNIGRPO_BACKEND")
+    if forced:
+        return f"{text}, forced by UNIGRPO_BACKEND"
+    best = _AUTO_ORDER.get(device.type, ("torch",))[0]
+    if name != best:
+        text += f": {best} is unavailable ({_why_unavailable(best, device)})"
+    return text
 
 
 def available_backends(device: torch.device) -> list[str]:

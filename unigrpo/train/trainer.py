@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from transformers import get_scheduler
 
 from ..integrity import CheckpointError, check_finite, nonfinite_tensors
 from ..io import atomic_write_text
+from ..ops.dispatch import describe as describe_backend
 from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
 from ..rollout import RolloutBatch, generate_rounds, sharded_sampling
@@ -192,6 +194,9 @@ class Trainer:
         if self.world.strategy == "ddp":
             self._ddp = DistributedDataParallel(self._loss, device_ids=[self.device.index] if self.device.type == "cuda"
                                                 else None, find_unused_parameters=True)
+        if self.world.main:  # a slower fallback is never silent
+            procs = f"{self.world.size} processes ({self.world.strategy})" if self.world.distributed else "1 process"
+            print(f"unigrpo: {procs} on {self.device}; ops: {describe_backend(self.device)}", file=sys.stderr)
 
     # ------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict[str, Any]:

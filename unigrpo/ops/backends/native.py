@@ -62,6 +62,29 @@ def available_for(device: torch.device) -> bool:
     return False
 
 
+def why_unavailable(device: torch.device) -> str:
+    """Why :func:`available_for` is false for ``device``, in words a user can act on."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _cpu_error or "unknown"
+    if device.type != "cuda":
+        return f"there are no native kernels for {device.type} tensors"
+    if _C_cuda is None:
+        return _cuda_error or "this build has no CUDA kernels (build on a machine with nvcc: pip install .)"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    # the kernels link the CUDA runtime they were built with statically; a driver older than
+    # that runtime shows it no device at all, while torch (with its own runtime) still sees them
+    return (f"the native CUDA kernels' runtime finds no device while torch finds {torch.cuda.device_count()}: "
+            "the NVIDIA driver is older than the CUDA toolkit they were built with; update the driver, or rebuild "
+            "on this machine with an older toolkit (pip install .)")
+
+
+def describe(device: torch.device) -> str:
+    """What runs on ``device`` (for the line a training run starts with)."""
+    return f"C++ kernels at ISA level {_C.cpu_isa()}" if torch.device(device).type == "cpu" else "CUDA kernels"
+
+
 @functools.lru_cache(maxsize=1)
 def _cuda_usable() -> bool:
     return _C_cuda.device_count() > 0
