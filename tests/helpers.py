@@ -36,3 +36,25 @@ def assert_close_earned(out, ref_hi, lowp_dtype=None, ref_lo=None, rtol=2e-5, at
         f"max error {err.max().item():.3e} exceeds bound; worst at flat index {worst.item()}: "
         f"out={out.flatten()[worst].item():.6e} ref={ref.flatten()[worst].item():.6e} "
         f"bound={bound.flatten()[worst].item():.3e}")
+
+
+class LogitsSizeSpy:
+    """The torch backend, recording the element count of every logits block its two
+    log-prob kernels are handed (``seen``): a chunked op's extra memory, on any device."""
+
+    def __init__(self) -> None:
+        from unigrpo.ops import dispatch
+
+        self.seen: list[int] = []
+        self._be = dispatch.get_backend(torch.device("cpu"), "torch")
+
+    def __getattr__(self, name):
+        return getattr(self._be, name)
+
+    def logprob_forward(self, logits, *a):
+        self.seen.append(logits.numel())
+        return self._be.logprob_forward(logits, *a)
+
+    def logprob_backward(self, logits, *a):
+        self.seen.append(logits.numel())
+        return self._be.logprob_backward(logits, *a)

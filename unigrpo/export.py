@@ -15,6 +15,7 @@ import argparse
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from .cli import ArgumentParser, SETUP_ERRORS, RUN_ERRORS, attempt
@@ -43,34 +44,33 @@ def export(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Pa
         sharding.load_weights(ckpt / checkpointing.STATE, policy)
     else:
         policy.load_weights(ckpt / checkpointing.POLICY)
-    if ema:
-        _load_ema(ckpt, policy)
+    average = _ema(ckpt, policy) if ema else None
     tmp = out.with_name(f".{out.name}.tmp")  # renamed into place once whole
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
+    with average.applied() if average is not None else nullcontext():
+        policy.save_pretrained(tmp)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
     return ckpt
 
 
-def _load_ema(ckpt: Path, policy) -> None:
-    import torch
-
+def _ema(ckpt: Path, policy):
+    """The run's EMA of ``policy``'s trained parameters, as its checkpoint holds it."""
     from .train import checkpointing, sharding
+    from .train.ema import ParameterEMA
 
     state = checkpointing.load_trainer_state(ckpt).get("ema")
     if state is None:
         raise CheckpointError(f"--ema: {ckpt} holds no EMA (its run had train.ema_decay=0)")
-    trained = [p for p in policy.parameters() if p.requires_grad]
-    shadow = state["shadow"]
-    if shadow is None:  # an FSDP run keeps the averages with its sharded weights
-        shadow = sharding.load_ema(ckpt / checkpointing.STATE, policy)
-    if len(shadow) != len(trained) or any(s.shape != p.shape for s, p in zip(shadow, trained)):
-        raise CheckpointError(f"--ema: the EMA of {ckpt} does not match the policy's trained parameters")
-    with torch.no_grad():
-        for p, s in zip(trained, shadow):
-            p.copy_(s)
+    average = ParameterEMA([p for p in policy.parameters() if p.requires_grad], state["decay"])
+    if state["shadow"] is None:  # an FSDP run keeps the averages with its sharded weights
+        sharding.load_ema(ckpt / checkpointing.STATE, policy, average)
+    try:
+        average.load_state_dict(state)
+    except ValueError as e:
+        raise CheckpointError(f"--ema: {ckpt}: {e}") from None
+    return average
 
 
 def main(argv=None) -> int:

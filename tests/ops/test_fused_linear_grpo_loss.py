@@ -4,7 +4,7 @@ is flat in N; the backward scales by the upstream gradient; bad input is named."
 
 import pytest
 import torch
-from helpers import DEVICES, assert_close_earned, backends_for
+from helpers import DEVICES, LogitsSizeSpy, assert_close_earned, backends_for
 
 from unigrpo.ops import fused_linear_grpo_loss, grpo_token_loss
 from unigrpo.ops import reference as R
@@ -82,34 +82,18 @@ def test_no_gradients_formed_without_grad_mode(monkeypatch):
 def test_peak_memory_flat_in_n():
     """The extra memory is one chunk's logits, whatever N (measured by the largest
     tensor the backend is asked to handle)."""
-    from unigrpo.ops import dispatch
     from unigrpo.ops.fused_linear_grpo_loss import _FusedLinearGRPOFn
 
-    seen = []
-    be = dispatch.get_backend(torch.device("cpu"), "torch")
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(be, name)
-
-        def logprob_forward(self, logits, *a):
-            seen.append(logits.numel())
-            return be.logprob_forward(logits, *a)
-
-        def logprob_backward(self, logits, *a):
-            seen.append(logits.numel())
-            return be.logprob_backward(logits, *a)
-
     for n in (64, 512):
-        seen.clear()
+        spy = LogitsSizeSpy()
         hid, w, ids, old, adv, weights, _ = _case(n, 8, 100, "cpu")
 
         def token_loss(lp, rows):
             return grpo_token_loss(old[rows], adv[rows], weights[rows], logp=lp).loss.sum()
 
-        total, _, _ = _FusedLinearGRPOFn.apply(hid, w, None, ids, token_loss, 1.0, 32, Spy(), (True, True, False))
+        total, _, _ = _FusedLinearGRPOFn.apply(hid, w, None, ids, token_loss, 1.0, 32, spy, (True, True, False))
         total.backward()
-        assert max(seen) == 32 * 100 and len(seen) == 2 * (n // 32)  # one forward and one backward pass a chunk
+        assert max(spy.seen) == 32 * 100 and len(spy.seen) == 2 * (n // 32)  # one forward and one backward pass a chunk
 
 
 def test_rejects_bad_input():

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import DEVICES, assert_close_earned, backends_for
+from helpers import DEVICES, LogitsSizeSpy, assert_close_earned, backends_for
 
 from unigrpo.ops import fused_linear_token_logprobs
 from unigrpo.ops import reference as R
@@ -53,33 +53,16 @@ def test_bf16_weights(device, backend):
 def test_peak_memory_flat_in_n():
     """The chunked path's extra memory is one chunk, whatever N (CPU: measured by the
     largest tensor the backend is asked to handle)."""
-    from unigrpo.ops import dispatch
-
-    seen = []
-    be = dispatch.get_backend(torch.device("cpu"), "torch")
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(be, name)
-
-        def logprob_forward(self, logits, *a):
-            seen.append(logits.numel())
-            return be.logprob_forward(logits, *a)
-
-        def logprob_backward(self, logits, *a):
-            seen.append(logits.numel())
-            return be.logprob_backward(logits, *a)
-
     from unigrpo.ops.fused_linear_token_logprobs import FusedLinearTokenLogprobsFn
 
     for n in (64, 512):
-        seen.clear()
+        spy = LogitsSizeSpy()
         hid = torch.randn(n, 8, requires_grad=True)
         w = torch.randn(100, 8, requires_grad=True)
         ids = torch.randint(0, 100, (n,))
-        logp, _ = FusedLinearTokenLogprobsFn.apply(hid, w, None, ids, 1.0, False, 32, Spy())
+        logp, _ = FusedLinearTokenLogprobsFn.apply(hid, w, None, ids, 1.0, False, 32, spy)
         logp.sum().backward()
-        assert max(seen) == 32 * 100
+        assert max(spy.seen) == 32 * 100
 
 
 def test_rejects_bad_input():

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config_bounds import Bound
-from .dispatch import check_backend_name, get_backend
-from .fused_linear_token_logprobs import _chunk_logits
+from .dispatch import get_backend
+from .fused_linear_token_logprobs import _chunk_logits, check_lm_head_inputs
 from .grpo_token_loss import grpo_token_loss
-from .validation import (as_f32_vector, check_ids, check_nonempty, check_scalar, check_temperature, check_tensor,
-                         refuse_double_backward)
+from .validation import as_f32_vector, refuse_double_backward
 
 
 # of logits per chunk, in their own dtype: the chunk and its gradient are the memory beyond
@@ -111,26 +109,14 @@ def fused_linear_grpo_loss(hidden: Tensor, weight: Tensor, ids: Tensor, old_logp
     ``chunk_size`` rows per chunk (default: 16 MiB of logits in hidden's dtype) bounds the
     extra memory, whatever N: the LM head's fp32 gradient and two chunks of logits.
     """
-    check_backend_name(backend)
-    check_tensor("hidden", hidden, 2)
-    check_nonempty("hidden", hidden)
-    n, h = hidden.shape
-    check_tensor("weight", weight, 2, (hidden.dtype,), hidden.device)
-    if weight.shape[1] != h:
-        raise ValueError(f"weight must have shape (V, {h}) to match hidden (N, {h}), got {tuple(weight.shape)}")
-    vocab = weight.shape[0]
-    if bias is not None:
-        check_tensor("bias", bias, 1, (hidden.dtype,), hidden.device, (vocab,))
-    ids = check_ids(ids, n, vocab, hidden.device)
-    inv_temp = 1.0 / check_temperature(temperature)
+    ids, inv_temp, chunk_size = check_lm_head_inputs(hidden, weight, bias, ids, temperature, chunk_size,
+                                                     CHUNK_BYTES, backend)
+    n = hidden.shape[0]
     old_logp = as_f32_vector("old_logp", old_logp, n, hidden.device)
     advantages = as_f32_vector("advantages", advantages, n, hidden.device)
     token_weights = as_f32_vector("token_weights", token_weights, n, hidden.device)
     if ref_logp is not None:
         ref_logp = as_f32_vector("ref_logp", ref_logp, n, hidden.device)
-    if chunk_size is None:
-        chunk_size = max(1, CHUNK_BYTES // (hidden.element_size() * vocab))
-    chunk_size = check_scalar("chunk_size", chunk_size, Bound(lo=1), integer=True)
     be = get_backend(hidden.device, backend)
     terms = dict(eps_low=eps_low, eps_high=eps_high, beta=beta)
     grpo_token_loss(old_logp[:1], advantages[:1], token_weights[:1], logp=old_logp[:1],
@@ -145,7 +131,7 @@ def fused_linear_grpo_loss(hidden: Tensor, weight: Tensor, ids: Tensor, old_logp
     needs = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
              grad_on and bias is not None and bias.requires_grad)
     total, logp, entropy = _FusedLinearGRPOFn.apply(hidden, weight, bias, ids, token_loss, inv_temp,
-                                                    int(chunk_size), be, needs)
+                                                    chunk_size, be, needs)
     with torch.no_grad():
         stats = grpo_token_loss(old_logp, advantages, token_weights != 0, logp=logp, ref_logp=ref_logp,
                                 **terms).stats

@@ -71,16 +71,10 @@ class FusedLinearTokenLogprobsFn(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, temperature: float = 1.0,
-                                bias: Tensor | None = None, return_entropy: bool = False,
-                                chunk_size: int | None = None, backend: str | None = None):
-    """log_softmax((hidden @ weight.T + bias) / temperature)[ids], chunked over rows.
-
-    hidden: (N, H) and weight: (V, H) of one float dtype; bias: optional (V,);
-    ids: (N,) in [0, V). Returns fp32 (N,) (and entropy with ``return_entropy``),
-    differentiable w.r.t. hidden, weight and bias. ``chunk_size`` rows per chunk
-    (default: 64 MiB of logits in hidden's dtype) bounds the extra memory, whatever N.
-    """
+def check_lm_head_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, temperature: float,
+                         chunk_size: int | None, chunk_bytes: int, backend: str | None) -> tuple[Tensor, float, int]:
+    """The checks of every op on hidden states and an LM head -> (ids, 1 / temperature, rows
+    per chunk: ``chunk_size``, or ``chunk_bytes`` of logits in hidden's dtype)."""
     check_backend_name(backend)
     check_tensor("hidden", hidden, 2)
     check_nonempty("hidden", hidden)
@@ -94,9 +88,24 @@ def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, tem
     ids = check_ids(ids, n, vocab, hidden.device)
     inv_temp = 1.0 / check_temperature(temperature)
     if chunk_size is None:  # the chunk's logits are of hidden's dtype: bf16 chunks hold twice the rows of fp32
-        chunk_size = max(1, DEFAULT_CHUNK_BYTES // (hidden.element_size() * vocab))
+        chunk_size = max(1, chunk_bytes // (hidden.element_size() * vocab))
     chunk_size = check_scalar("chunk_size", chunk_size, Bound(lo=1), integer=True)
+    return ids, inv_temp, int(chunk_size)
+
+
+def fused_linear_token_logprobs(hidden: Tensor, weight: Tensor, ids: Tensor, temperature: float = 1.0,
+                                bias: Tensor | None = None, return_entropy: bool = False,
+                                chunk_size: int | None = None, backend: str | None = None):
+    """log_softmax((hidden @ weight.T + bias) / temperature)[ids], chunked over rows.
+
+    hidden: (N, H) and weight: (V, H) of one float dtype; bias: optional (V,);
+    ids: (N,) in [0, V). Returns fp32 (N,) (and entropy with ``return_entropy``),
+    differentiable w.r.t. hidden, weight and bias. ``chunk_size`` rows per chunk
+    (default: 64 MiB of logits in hidden's dtype) bounds the extra memory, whatever N.
+    """
+    ids, inv_temp, chunk_size = check_lm_head_inputs(hidden, weight, bias, ids, temperature, chunk_size,
+                                                     DEFAULT_CHUNK_BYTES, backend)
     be = get_backend(hidden.device, backend)
     logp, entropy = FusedLinearTokenLogprobsFn.apply(hidden, weight, bias, ids, inv_temp,
-                                                     return_entropy, int(chunk_size), be)
+                                                     return_entropy, chunk_size, be)
     return (logp, entropy) if return_entropy else logp

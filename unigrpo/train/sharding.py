@@ -124,8 +124,12 @@ def _state(policy: nn.Module, optimizer, ema) -> dict:
     model, optim = get_state_dict(policy, optimizer, options=_OPTIONS)
     state = {"model": model, "optimizer": optim}
     if ema is not None:
-        state["ema"] = dict(zip(trained_names(policy), ema.shadow))
+        state["ema"] = _ema_state(policy, ema)
     return state
+
+
+def _ema_state(policy: nn.Module, ema) -> dict:
+    return dict(zip(trained_names(policy), ema.shadow))
 
 
 def save_state(directory: Path, policy: nn.Module, optimizer, ema) -> None:
@@ -146,12 +150,10 @@ def _load(state: dict, directory: Path) -> None:
         raise CheckpointError(f"{directory} does not load into this policy: {type(first).__name__}: {text}") from None
 
 
-def load_ema(directory: Path, policy: nn.Module) -> list[torch.Tensor]:
-    """The EMA averages :func:`save_state` wrote, whole, in the trained parameters' order."""
-    params = dict(policy.named_parameters())
-    ema = {n: torch.empty_like(params[n], dtype=torch.float32) for n in trained_names(policy)}
-    _load({"ema": ema}, directory)
-    return list(ema.values())
+def load_ema(directory: Path, policy: nn.Module, ema) -> None:
+    """Only the EMA averages of what :func:`save_state` wrote, into ``ema``'s (a
+    :class:`~unigrpo.train.ema.ParameterEMA` of ``policy``'s trained parameters) in place."""
+    _load({"ema": _ema_state(policy, ema)}, directory)
 
 
 def load_state(directory: Path, policy: nn.Module, optimizer, ema) -> None:
