@@ -32,7 +32,7 @@ def bench_train_iteration(benchmark, tmp_path, mode):
         t = time.perf_counter()
         m = trainer.train_iteration()
         split["total"].append(time.perf_counter() - t)
-        split["rollout"].append(32 / m["train/rounds_per_s"])
+        split["rollout"].append(32 / m["train/episodes_per_s"])
 
     benchmark.group = "train iteration (defaults, shapes task)"
     benchmark.pedantic(one, rounds=5, iterations=1)

@@ -3,7 +3,7 @@ library, take the time: a Qwen2 LM (hidden 256, 4 layers) reasons and an SD3 pip
 (transformer 8 heads x 32, 4 layers; 32 px images, 16x16 latents) draws, random weights,
 loaded from disk through the CLI's path.
 
-* ``rollout``: ``generate_rounds``, 2 prompts x G=4, K=10 steps, up to 16 reasoning tokens:
+* ``rollout``: ``generate_episodes``, 2 prompts x G=4, K=10 steps, up to 16 reasoning tokens:
   rounds/s and the share of the denoising time spent in the transformer;
 * ``iteration``: one training iteration (rollout + update, two minibatches), LoRA (rank 16 on
   both models, the reference = adapters disabled) beside full fine-tuning (the reference = a
@@ -26,7 +26,7 @@ from tiny_hf_models import save_lm, save_sd3  # noqa: E402
 
 from unigrpo.adapters.lm_diffusers import load_policy  # noqa: E402
 from unigrpo.rewards import WeightedRewards  # noqa: E402
-from unigrpo.rollout import RolloutConfig, generate_rounds  # noqa: E402
+from unigrpo.rollout import RolloutConfig, generate_episodes  # noqa: E402
 from unigrpo.task import ModelConfig  # noqa: E402
 from unigrpo.train import Trainer, load_config  # noqa: E402
 
@@ -68,7 +68,7 @@ def bench_two_model_rollout(benchmark, dirs):
 
     def one():
         t = time.perf_counter()
-        generate_rounds(policy, PROMPTS, [{}] * len(PROMPTS), rewards, cfg, gen.manual_seed(0))
+        generate_episodes(policy, PROMPTS, [{}] * len(PROMPTS), rewards, cfg, gen.manual_seed(0))
         spent["all"] += time.perf_counter() - t
 
     denoise_mod.guided_velocity = timed
@@ -78,7 +78,7 @@ def bench_two_model_rollout(benchmark, dirs):
     finally:
         denoise_mod.guided_velocity = velocity
     rounds = len(PROMPTS) * G
-    benchmark.extra_info["rounds_per_s"] = round(rounds / benchmark.stats.stats.mean, 2)
+    benchmark.extra_info["episodes_per_s"] = round(rounds / benchmark.stats.stats.mean, 2)
     benchmark.extra_info["transformer_share_of_rollout"] = round(spent["model"] / spent["all"], 3)
 
 

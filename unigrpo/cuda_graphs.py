@@ -54,15 +54,17 @@ class GraphedDecode:
     max_new_tokens=n)``), captured once and replayed per token. Warm-up runs on a
     throwaway state of the same shapes, so the real state is untouched until replay."""
 
-    def __init__(self, policy: UnifiedPolicy, ids: Tensor, mask: Tensor, max_new_tokens: int, state: Any) -> None:
-        b = ids.shape[0]
-        self.tokens = torch.full((b,), policy.pad_token_id, dtype=torch.long, device=ids.device)
-        self.active = torch.zeros(b, dtype=torch.bool, device=ids.device)
+    def __init__(self, policy: UnifiedPolicy, batch: int, max_new_tokens: int, state: Any,
+                 fresh_state: Callable[[], Any]) -> None:
+        """``fresh_state()``: another static state like ``state`` (the same prefill), for the warm-up."""
+        device = policy.device
+        self.tokens = torch.full((batch,), policy.pad_token_id, dtype=torch.long, device=device)
+        self.active = torch.zeros(batch, dtype=torch.bool, device=device)
         scratch: list[Any] = []
 
         def warmup() -> None:
             if not scratch:
-                scratch.append(policy.prefill(ids, mask, max_new_tokens=max_new_tokens)[1])
+                scratch.append(fresh_state())
             policy.decode_step(self.tokens, self.active, scratch[0])
 
         self.captured = CapturedGraph(lambda: policy.decode_step(self.tokens, self.active, state), warmup,

@@ -47,8 +47,8 @@ from . import ops
 from .registry import Registry
 from .schedule import sigma_schedule
 
-__all__ = ["TokenBatch", "Reasoning", "ImageContext", "UnifiedPolicy", "concat_tokens", "hidden_token_logprobs",
-           "POLICIES"]
+__all__ = ["TokenBatch", "Reasoning", "ImageContext", "SeenImages", "UnifiedPolicy", "concat_tokens",
+           "hidden_token_logprobs", "POLICIES"]
 
 #: policy loaders ``(model: ModelConfig, device) -> UnifiedPolicy`` by name (``model.type``);
 #: entry points of the group ``unigrpo.policies``, or ``POLICIES.register(name, loader)``
@@ -107,6 +107,41 @@ class ImageContext(ABC):
     @abstractmethod
     def detach(self) -> ImageContext:
         """The same context without autograd history."""
+
+
+@dataclass
+class SeenImages:
+    """Images interleaved with a batch's text, for multi-round generation.
+
+    ``latents``: (B, R, *latent_shape) clean latents x_0 of up to R images per row;
+    ``slots``: int64 (B, R), the text column each image sits before (image r of row b
+    comes right after ``ids[b, :slots[b, r]]``; a slot equal to the text length puts it
+    at the end); ``present``: bool (B, R), which images a row has: a prefix of its R,
+    with non-decreasing slots. The policy wraps each present image in its own tokens
+    (for the built-in model: ``<image>``, the image tokens, then ``<think>``), so text
+    after an image attends to it and nothing of the text changes."""
+
+    latents: Tensor
+    slots: Tensor
+    present: Tensor
+
+    @property
+    def rounds(self) -> int:
+        return int(self.present.shape[1])
+
+    def append(self, latents: Tensor, slots: Tensor, present: Tensor) -> SeenImages:
+        """These images plus one more per row: latents (B, *latent_shape), slots int64 (B,), present bool (B,)."""
+        return SeenImages(torch.cat([self.latents, latents[:, None].to(self.latents.dtype)], 1),
+                          torch.cat([self.slots, slots[:, None]], 1), torch.cat([self.present, present[:, None]], 1))
+
+    def select(self, index: Tensor) -> SeenImages:
+        return SeenImages(self.latents[index], self.slots[index], self.present[index])
+
+    @staticmethod
+    def empty(batch: int, latent_shape: Sequence[int], device, dtype=torch.float32) -> SeenImages:
+        return SeenImages(torch.zeros((batch, 0, *latent_shape), device=device, dtype=dtype),
+                          torch.zeros((batch, 0), dtype=torch.long, device=device),
+                          torch.zeros((batch, 0), dtype=torch.bool, device=device))
 
 
 def concat_tokens(ids_a: Tensor, mask_a: Tensor, ids_b: Tensor, mask_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,6 +245,49 @@ class UnifiedPolicy(nn.Module, ABC):
         ids int64 (B, L) and mask bool (B, L)); the policy appends its own
         image-start marker.  Computed once per round; differentiable when grad
         is enabled."""
+
+    # ----------------------------------------------------------- interleaved
+    #: True when the model implements the two ``interleaved_*`` primitives below:
+    #: text after an image that attends to it (multi-round generation, ``rollout.max_rounds`` > 1)
+    supports_interleaved: bool = False
+    #: stop tokens that, ending a turn written after looking at an image, end the episode
+    #: (the other stop tokens ask for another image)
+    end_of_episode_token_ids: tuple[int, ...] = ()
+
+    def interleaved_prefill(self, ids: Tensor, mask: Tensor, images: SeenImages,
+                            max_new_tokens: int | None = None) -> tuple[Tensor, Any]:
+        """:meth:`prefill` of text with ``images`` inside it: the model has looked at
+        them, and the next-token logits (B, V) are each row's after its last real
+        element (its last text token, or the tokens closing an image at the row's end).
+        The state continues with :meth:`decode_step`."""
+        raise NotImplementedError(self._no_interleaving())
+
+    def interleaved_contexts(self, ids: Tensor, mask: Tensor, images: SeenImages) -> tuple[Tensor, ImageContext]:
+        """One teacher-forced pass over text with ``images`` inside it. Returns hidden
+        (B, L, H), where ``hidden[:, c]`` is the state the token at column c + 1 is
+        predicted from (the state closing an image when one sits before column c + 1,
+        so :func:`hidden_token_logprobs` scores every turn's tokens as generated), and
+        the image contexts of all B x R images, row ``b * R + r``: image r of row b
+        conditioned on everything before it (rows of absent images hold a finite,
+        unused context)."""
+        raise NotImplementedError(self._no_interleaving())
+
+    def interleaved_image_context(self, ids: Tensor, mask: Tensor, images: SeenImages) -> ImageContext:
+        """The context of a new image after all of ``ids`` and the ``images`` in it
+        (B rows): :meth:`interleaved_contexts` with one more image at the end; a model
+        with a cheaper way overrides this."""
+        b = ids.shape[0]
+        length = torch.full((b,), ids.shape[1], dtype=torch.long, device=ids.device)
+        latents = torch.zeros((b, *self.latent_shape), device=ids.device, dtype=images.latents.dtype)
+        ahead = images.append(latents, length, torch.ones(b, dtype=torch.bool, device=ids.device))
+        r = ahead.rounds
+        _, ctx = self.interleaved_contexts(ids, mask, ahead)
+        return ctx.select(torch.arange(b, device=ids.device) * r + (r - 1))
+
+    def _no_interleaving(self) -> str:
+        return (f"{type(self).__name__} does not support interleaved (multi-round) generation: "
+                "set rollout.max_rounds to 1, or implement interleaved_prefill and interleaved_contexts "
+                "(docs/adapter.md)")
 
     @abstractmethod
     def velocity(self, x: Tensor, sigma: Tensor, context: ImageContext) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import ops
 from .cuda_graphs import GraphedDecode
-from .policy import Reasoning, UnifiedPolicy
+from .policy import Reasoning, SeenImages, UnifiedPolicy
 
 __all__ = ["filter_logits", "sample_tokens", "generate_reasoning"]
 
@@ -66,7 +66,8 @@ def sample_tokens(logits: Tensor, temperature: float, top_k: int = 0, top_p: flo
 @torch.no_grad()
 def generate_reasoning(policy: UnifiedPolicy, ids: Tensor, mask: Tensor, *, max_new_tokens: int = 64,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                       generator: torch.Generator | None = None, cuda_graph: bool = False) -> Reasoning:
+                       generator: torch.Generator | None = None, cuda_graph: bool = False,
+                       images: SeenImages | None = None) -> Reasoning:
     """Sample reasoning tokens for a left-padded prompt batch, with a KV cache.
 
     ids int64 (B, L), mask bool (B, L) (from ``policy.encode_prompts``).  Each
@@ -75,16 +76,27 @@ def generate_reasoning(policy: UnifiedPolicy, ids: Tensor, mask: Tensor, *, max_
     ``temperature`` 0 is greedy.  ``generator`` seeds the sampling (same
     generator state + same inputs -> same tokens).  ``cuda_graph``: on CUDA,
     with a policy that ``supports_static_decode``, decode with a static KV
-    cache and replay one captured decode step per token.  See :class:`Reasoning`."""
+    cache and replay one captured decode step per token.  ``images``: text with the images
+    the model has looked at inside it (a later turn of a multi-round episode; the policy
+    must support interleaving), continued after each row's last image.  See :class:`Reasoning`."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     b = ids.shape[0]
     stop = torch.tensor(policy.stop_token_ids, device=ids.device)
-    if cuda_graph and ids.is_cuda and policy.supports_static_decode:
-        logits, state = policy.prefill(ids, mask.bool(), max_new_tokens=max_new_tokens)
-        decode = GraphedDecode(policy, ids, mask.bool(), max_new_tokens, state)
+    if images is None:
+        def prefill(n=None):
+            return policy.prefill(ids, mask.bool(), max_new_tokens=n)
     else:
-        logits, state = policy.prefill(ids, mask.bool())
+        if not policy.supports_interleaved:
+            raise NotImplementedError(policy._no_interleaving())
+
+        def prefill(n=None):
+            return policy.interleaved_prefill(ids, mask.bool(), images, max_new_tokens=n)
+    if cuda_graph and ids.is_cuda and policy.supports_static_decode:
+        logits, state = prefill(max_new_tokens)
+        decode = GraphedDecode(policy, b, max_new_tokens, state, lambda: prefill(max_new_tokens)[1])
+    else:
+        logits, state = prefill()
         decode = policy.decode_step
     out_ids, out_lp, out_mask = [], [], []
     done = torch.zeros(b, dtype=torch.bool, device=ids.device)

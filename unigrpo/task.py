@@ -163,6 +163,10 @@ class Task(ABC):
     """A world the trainer can train in. Subclasses implement the abstract methods."""
 
     name: str = "task"
+    #: training settings this task's runs start from, ``{"section.key": "value"}``, applied
+    #: over the library's defaults and under a config file and command-line overrides
+    #: (e.g. a multi-round task: ``{"rollout.max_rounds": "2"}``)
+    config_defaults: dict[str, str] = {}
 
     def __init__(self, cfg: TaskConfig | None = None) -> None:
         self.cfg = TaskConfig(name=self.name) if cfg is None else cfg

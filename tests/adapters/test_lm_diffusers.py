@@ -16,7 +16,7 @@ from unigrpo import ops  # noqa: E402
 from unigrpo.adapters.lm_diffusers import LMDiffusersPolicy, load_policy  # noqa: E402
 from unigrpo.policy import concat_tokens  # noqa: E402
 from unigrpo.rewards import rewards_from_spec  # noqa: E402
-from unigrpo.rollout import RolloutConfig, generate_rounds  # noqa: E402
+from unigrpo.rollout import RolloutConfig, generate_episodes  # noqa: E402
 from unigrpo.sampling import generate_reasoning  # noqa: E402
 from unigrpo.task import ModelConfig  # noqa: E402
 from unigrpo.train import Trainer, load_config  # noqa: E402
@@ -48,7 +48,7 @@ def rounds(policy, seed=0, **kw):
     from unigrpo.rewards import WeightedRewards
 
     g = torch.Generator().manual_seed(seed)
-    return generate_rounds(policy, PROMPTS, [{}, {}], WeightedRewards([("bright", bright, 1.0)]), rollout_cfg(**kw), g)
+    return generate_episodes(policy, PROMPTS, [{}, {}], WeightedRewards([("bright", bright, 1.0)]), rollout_cfg(**kw), g)
 
 
 # ------------------------------------------------------------------ invariants
@@ -64,11 +64,11 @@ def test_recorded_logprobs_equal_recomputed(dirs, family, lora):
     assert (text - b.reasoning_logprobs).abs().max().item() < 1e-5
     ctx = policy.image_context(b.ids, b.mask)
     for k in range(b.sigmas.shape[0] - 1):
-        x, x_next = b.latents[:, k], b.latents[:, k + 1]
+        x, x_next = b.latents[:, 0, k], b.latents[:, 0, k + 1]
         v = policy.velocity(x, b.sigmas[k], ctx)
         lp = ops.sde_step_logprob(x, x_next, v, b.sigmas[k].expand(len(x)), b.sigmas[k + 1].expand(len(x)),
                                   b.noise_level)
-        assert (lp - b.step_logprobs[:, k]).abs().max().item() < 1e-5
+        assert (lp - b.step_logprobs[:, 0, k]).abs().max().item() < 1e-5
     assert b.images.shape == (4, 32, 32, 3) and b.images.dtype == torch.uint8
 
 
@@ -398,7 +398,7 @@ def test_cli_trains_saves_and_resumes_exactly(dirs, tmp_path, family):
     rows = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     a, b = rows(full), rows(cut)
     assert len(a) == len(b) == 5 and a[-1]["iteration"] == 4  # the iteration-0 evaluation, then 1..4
-    drop = ("train/iteration_s", "train/rounds_per_s", "train/rollout_s", "train/update_s")
+    drop = ("train/iteration_s", "train/episodes_per_s", "train/rollout_s", "train/update_s")
     strip = lambda h: [{k: v for k, v in r.items() if k not in drop and not k.endswith("_s")} for r in h]  # noqa
     assert strip(a) == strip(b)
     assert a[-1]["eval/overall"] == b[-1]["eval/overall"]

@@ -5,7 +5,7 @@ from unigrpo import ops
 from unigrpo.shapes.model import ShapesConfig, ShapesModel
 from unigrpo.rewards import RewardError, WeightedRewards
 from unigrpo.shapes.task import verifier_reward
-from unigrpo.rollout import RolloutConfig, denoise, draw_noise, generate_rounds
+from unigrpo.rollout import RolloutConfig, denoise, draw_noise, generate_episodes
 from unigrpo.shapes import make_split
 
 PROMPTS = ["a red circle", "two squares the color of grass", "a blue triangle left of a yellow circle"]
@@ -28,15 +28,16 @@ def _count_reward(images, prompts, metadata):
 def _rollout(policy, cfg=None, seed=0, rewards=None, prompts=PROMPTS):
     cfg = cfg or RolloutConfig(num_generations=3, max_reasoning_tokens=12, num_inference_steps=4)
     rewards = rewards or WeightedRewards([("brightness", _count_reward, 1.0)])
-    return generate_rounds(policy, prompts, list(prompts), rewards, cfg, torch.Generator().manual_seed(seed))
+    return generate_episodes(policy, prompts, list(prompts), rewards, cfg, torch.Generator().manual_seed(seed))
 
 
-def test_groups_every_prompt_g_rounds_in_order(policy):
+def test_groups_every_prompt_g_episodes_in_order(policy):
     b = _rollout(policy)
     assert len(b) == 9
     assert b.group_ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert b.prompts == [p for p in PROMPTS for _ in range(3)]
-    assert b.latents.shape == (9, 5, *policy.latent_shape) and b.step_logprobs.shape == (9, 4)
+    assert b.latents.shape == (9, 1, 5, *policy.latent_shape) and b.step_logprobs.shape == (9, 1, 4)
+    assert b.max_rounds == 1 and b.rounds_used.tolist() == [1] * 9 and b.image_present.all()
     assert b.images.shape == (9, 32, 32, 3) and b.images.dtype == torch.uint8
     assert b.rewards.shape == (9,) and set(b.reward_components) == {"brightness"}
 
@@ -79,12 +80,12 @@ def test_recorded_logprobs_equal_training_recomputation(policy, sde_window_only)
     ctx = policy.image_context(ids, mask)
     for k in range(b.num_steps):
         sig = b.sigmas[k].expand(len(b))
-        v = policy.velocity(b.latents[:, k], sig, ctx)
-        if not b.train_steps[:, k].any():
+        v = policy.velocity(b.latents[:, 0, k], sig, ctx)
+        if not b.train_steps[:, 0, k].any():
             continue  # a deterministic step (sde_window_only): never trained
-        lp_k = ops.sde_step_logprob(b.latents[:, k], b.latents[:, k + 1], v, sig, b.sigmas[k + 1].expand(len(b)),
-                                    b.noise_level)
-        ratio = torch.exp(lp_k - b.step_logprobs[:, k])
+        lp_k = ops.sde_step_logprob(b.latents[:, 0, k], b.latents[:, 0, k + 1], v, sig,
+                                    b.sigmas[k + 1].expand(len(b)), b.noise_level)
+        ratio = torch.exp(lp_k - b.step_logprobs[:, 0, k])
         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5), k
 
 
@@ -153,10 +154,10 @@ def test_sde_window_only_is_deterministic_after_the_window():
 def test_share_initial_noise_within_groups(policy):
     b = _rollout(policy, RolloutConfig(num_generations=3, max_reasoning_tokens=4, num_inference_steps=2,
                                       share_initial_noise=True))
-    x1 = b.latents[:, 0].reshape(len(PROMPTS), 3, -1)
+    x1 = b.latents[:, 0, 0].reshape(len(PROMPTS), 3, -1)
     assert torch.equal(x1[:, 0], x1[:, 1]) and torch.equal(x1[:, 0], x1[:, 2])
     assert not torch.equal(x1[0, 0], x1[1, 0])
-    assert not torch.equal(b.latents[0, 1], b.latents[1, 1])  # the step noise is still per round
+    assert not torch.equal(b.latents[0, 0, 1], b.latents[1, 0, 1])  # the step noise is still per episode
 
 
 def test_ode_sampling_shares_the_loop():
@@ -190,7 +191,7 @@ def test_weighted_rewards_combine_and_keep_components(policy):
     prompts = split.heldout[:2]
     rewards = WeightedRewards([("strict", verifier_reward("strict"), 1.0), ("shaped", verifier_reward("shaped"), 0.5)])
     cfg = RolloutConfig(num_generations=2, max_reasoning_tokens=6, num_inference_steps=2)
-    b = generate_rounds(policy, [p.text for p in prompts], prompts, rewards, cfg, torch.Generator().manual_seed(0))
+    b = generate_episodes(policy, [p.text for p in prompts], prompts, rewards, cfg, torch.Generator().manual_seed(0))
     c = b.reward_components
     assert torch.allclose(b.rewards, c["strict"] + 0.5 * c["shaped"])
 
@@ -232,10 +233,10 @@ def test_cuda_graph_replay_equals_eager(policy, sde_window_only):
     gpu = policy.to("cuda")
     cfg = RolloutConfig(num_generations=2, max_reasoning_tokens=6, num_inference_steps=4,
                         sde_window_only=sde_window_only)
-    eager = generate_rounds(gpu, PROMPTS, PROMPTS, WeightedRewards([("b", _count_reward, 1.0)]),
+    eager = generate_episodes(gpu, PROMPTS, PROMPTS, WeightedRewards([("b", _count_reward, 1.0)]),
                             RolloutConfig(**{**cfg.__dict__, "use_cuda_graph": False}),
                             torch.Generator("cuda").manual_seed(0))
-    graphed = generate_rounds(gpu, PROMPTS, PROMPTS, WeightedRewards([("b", _count_reward, 1.0)]), cfg,
+    graphed = generate_episodes(gpu, PROMPTS, PROMPTS, WeightedRewards([("b", _count_reward, 1.0)]), cfg,
                               torch.Generator("cuda").manual_seed(0))
     assert torch.equal(eager.latents, graphed.latents)
     assert torch.equal(eager.step_logprobs, graphed.step_logprobs)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unigrpo.shapes.eval import EvalConfig, evaluate, format_table, main, sample_images, select_prompts
+from unigrpo.rollout import sample_images
+from unigrpo.shapes.eval import EvalConfig, evaluate, format_table, main, select_prompts
 from unigrpo.images import image_grid, save_curves
 from unigrpo.shapes.model import ShapesConfig, ShapesModel
 from unigrpo.shapes import CATEGORIES, make_split

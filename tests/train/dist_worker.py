@@ -16,7 +16,7 @@ from tiny_runs import FAST, tiny, toy_task
 import unigrpo.train.trainer as trainer_mod
 from unigrpo.train import Trainer, load_config
 
-real_generate = trainer_mod.generate_rounds
+real_generate = trainer_mod.generate_episodes
 calls = [0]
 
 
@@ -39,7 +39,7 @@ def same_rounds_any_world(policy, texts, metadata, rewards, cfg, generator=None,
     return local
 
 
-trainer_mod.generate_rounds = same_rounds_any_world
+trainer_mod.generate_episodes = same_rounds_any_world
 out, run_dir, *overrides = sys.argv[1:]
 torch.set_num_threads(1)
 start = Path(run_dir).parent / "tiny-start"  # the config names it, so that unigrpo.export can rebuild the policy

@@ -91,12 +91,12 @@ def test_the_fused_text_loss_is_the_composed_one(tmp_path, loss_type):
 
     from unigrpo import ops
     from unigrpo.policy import hidden_token_logprobs
-    from unigrpo.rollout import generate_rounds
+    from unigrpo.rollout import generate_episodes
     from unigrpo.train.advantages import group_advantages
     from unigrpo.train.losses import text_loss, trained_token_mask
 
     t = trainer(tmp_path, [f"loss.loss_type={loss_type}", "loss.beta=0.05", "loss.epsilon_high=0.28"])
-    batch = generate_rounds(t.policy, PROMPTS, [{}] * 4, t.rewards, t.cfg.rollout, torch.Generator().manual_seed(0))
+    batch = generate_episodes(t.policy, PROMPTS, [{}] * 4, t.rewards, t.cfg.rollout, torch.Generator().manual_seed(0))
     adv = group_advantages(batch.rewards, batch.group_ids, "group", 5.0)
     cfg, norm = t.cfg.loss, TokenNorm(accumulation=2, step_tokens=50.0, max_tokens=MAX_TOKENS, minibatch_tokens=20.0)
     params = [p for p in t.policy.parameters() if p.requires_grad]

@@ -92,7 +92,7 @@ def _start(out: Path) -> subprocess.Popen:
 
 def _metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("train/iteration_s", "train/rounds_per_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("train/iteration_s", "train/episodes_per_s")} for r in rows]
 
 
 class Finished(type(Path())):

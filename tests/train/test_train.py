@@ -71,11 +71,11 @@ def test_first_inner_update_has_ratio_one(tmp_path, guard):
 def test_grpo_guard_without_the_rollouts_noise_is_a_named_error(tmp_path):
     from tiny_runs import PROMPTS
 
-    from unigrpo.rollout import generate_rounds
+    from unigrpo.rollout import generate_episodes
     from unigrpo.train.losses import TokenNorm, joint_loss
 
     t = trainer(tmp_path, ["loss.grpo_guard=true"])
-    batch = generate_rounds(t.policy, PROMPTS[:1], [{}], t.rewards, t.cfg.rollout)  # keep_noise not asked
+    batch = generate_episodes(t.policy, PROMPTS[:1], [{}], t.rewards, t.cfg.rollout)  # keep_noise not asked
     adv = group_advantages(batch.rewards, batch.group_ids, "group", 5.0)
     with pytest.raises(ValueError, match="loss.grpo_guard needs the rollout's step noise"):
         joint_loss(t.policy, t.ref, batch, adv, t.cfg.loss, TokenNorm())
@@ -145,7 +145,7 @@ def test_resume_continues_exactly(tmp_path, ema):
         assert torch.equal(v, resumed.policy.state_dict()[k]), k
     if ema:
         assert all(torch.equal(a, b) for a, b in zip(full.ema.shadow, resumed.ema.shadow))
-    drop = ("train/iteration_s", "train/rounds_per_s")
+    drop = ("train/iteration_s", "train/episodes_per_s")
     strip = lambda h: [{k: v for k, v in row.items() if k not in drop} for row in h]  # noqa: E731
     assert strip(hist) == strip(full_hist)
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]

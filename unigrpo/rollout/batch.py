@@ -1,4 +1,4 @@
-"""The batch of rounds that rollouts produce and the trainer consumes."""
+"""The batch of episodes that rollouts produce and the trainer consumes."""
 
 from __future__ import annotations
 
@@ -8,22 +8,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..policy import SeenImages
+
 
 @dataclass
 class RolloutBatch:
-    """B = P prompts x G rounds, grouped: rows [g * G, (g + 1) * G) share prompt g.
+    """B = P prompts x G episodes, grouped: rows [g * G, (g + 1) * G) share prompt g.
+    An episode is R >= 1 rounds (``rollout.max_rounds``): reason -> draw, then look at
+    the image -> reflect -> draw again, until the policy ends it or R rounds are drawn.
 
     Text — the full sequence ``ids`` int64 (B, Lp + N), ``mask`` bool (B, Lp + N):
-    the left-padded prompt, then the right-padded reasoning from column
-    ``reasoning_start`` = Lp on (views: ``prompt_ids`` / ``reasoning_ids`` and
-    their masks); reasoning_logprobs fp32 (B, N) (old log-probs at
-    ``temperature``, 0 where masked; the reasoning mask includes the stop
-    token), truncated bool (B,) (hit the length limit).
-    Image — sigmas fp32 (K + 1,) from 1 to 0; latents (B, K + 1, *latent_shape)
-    (latents[:, k] at sigmas[k]); step_logprobs fp32 (B, K) (old log-probs of the
-    SDE transitions); train_steps bool (B, K) (the steps to train); images uint8
-    (B, H, W, 3); step_noise fp32 (B, K, *latent_shape) or None: the noise each SDE
-    step drew (kept on request, for GRPO-Guard's ratio).
+    the left-padded prompt, then every turn's generated tokens, contiguous and
+    right-padded, from column ``reasoning_start`` = Lp on (views: ``prompt_ids`` /
+    ``reasoning_ids`` and their masks); reasoning_logprobs fp32 (B, N) (old log-probs
+    at ``temperature``, 0 where masked; the mask includes each turn's stop token),
+    truncated bool (B,) (a turn hit the length limit).
+    Image — sigmas fp32 (K + 1,) from 1 to 0; for image r of each row:
+    latents (B, R, K + 1, *latent_shape) (latents[:, r, k] at sigmas[k]); step_logprobs
+    fp32 (B, R, K) (old log-probs of the SDE transitions); train_steps bool (B, R, K)
+    (the steps to train); image_slots int64 (B, R) (the text column image r sits
+    before: it was drawn after ``ids[:, :slot]``); image_present bool (B, R) (which
+    images the episode drew: a prefix); step_noise fp32 (B, R, K, *latent_shape) or
+    None: the noise each SDE step drew (kept on request, for GRPO-Guard's ratio).
+    images uint8 (B, H, W, 3): each episode's final image, the one rewarded.
     Reward — rewards fp32 (B,) (weighted total), reward_components name -> fp32 (B,).
     Bookkeeping — group_ids int64 (B,), prompts (B strings), metadata (B objects),
     and the sampling settings the training path must reuse.
@@ -38,6 +45,8 @@ class RolloutBatch:
     latents: Tensor
     step_logprobs: Tensor
     train_steps: Tensor
+    image_slots: Tensor
+    image_present: Tensor
     images: Tensor
     rewards: Tensor
     reward_components: dict[str, Tensor]
@@ -72,6 +81,20 @@ class RolloutBatch:
     def num_steps(self) -> int:
         return self.sigmas.numel() - 1
 
+    @property
+    def max_rounds(self) -> int:
+        """R: the image slots per episode (1: single-round generation)."""
+        return int(self.image_present.shape[1])
+
+    @property
+    def rounds_used(self) -> Tensor:
+        """int64 (B,): images each episode drew."""
+        return self.image_present.long().sum(1)
+
+    def seen_images(self) -> SeenImages:
+        """Every drawn image as the policy sees it in the text (its final, clean latents)."""
+        return SeenImages(self.latents[:, :, -1], self.image_slots, self.image_present)
+
     def to(self, device) -> RolloutBatch:
         """A copy with every tensor on ``device`` (sigmas, group ids included)."""
         def move(v):
@@ -83,11 +106,11 @@ class RolloutBatch:
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     def select(self, index) -> RolloutBatch:
-        """Rounds ``index`` (int64 tensor, list or slice), e.g. one minibatch."""
+        """Episodes ``index`` (int64 tensor, list or slice), e.g. one minibatch."""
         n = len(self)
         idx = torch.arange(n)[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise IndexError(f"round index out of range for a batch of {n}")
+            raise IndexError(f"episode index out of range for a batch of {n}")
         cpu = idx.tolist()
 
         def take(name, v):
@@ -101,7 +124,7 @@ class RolloutBatch:
         return replace(self, **{f.name: take(f.name, getattr(self, f.name)) for f in fields(self)})
 
     def minibatch_indices(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
-        """Yield int64 index tensors of ``size`` rounds (the last may be smaller), shuffled with ``generator``."""
+        """Yield int64 index tensors of ``size`` episodes (the last may be smaller), shuffled with ``generator``."""
         if size < 1:
             raise ValueError(f"minibatch size must be >= 1, got {size}")
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
@@ -109,6 +132,6 @@ class RolloutBatch:
             yield order[start:start + size]
 
     def minibatches(self, size: int, generator: torch.Generator | None = None, shuffle: bool = True):
-        """Yield sub-batches of ``size`` rounds, as :meth:`minibatch_indices` picks them."""
+        """Yield sub-batches of ``size`` episodes, as :meth:`minibatch_indices` picks them."""
         for idx in self.minibatch_indices(size, generator, shuffle):
             yield self.select(idx)

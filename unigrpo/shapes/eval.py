@@ -36,12 +36,12 @@ from ..config_bounds import add_flags, bounded, check_bounds, flag
 from ..images import save_image_grid
 from ..io import atomic_write_text
 from ..policy import UnifiedPolicy
-from ..rollout.inference import sample_images
+from ..rollout.inference import sample_episodes
 from ..train.checkpointing import resolve_policy_dir
 from . import (CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, Prompt, extract_plan, make_split,
                plan_satisfies, score)
 from .model import SFT_CHECKPOINT, ShapesModel
-from .vocab import THINK
+from .vocab import END_THINK, THINK
 
 __all__ = ["EvalConfig", "select_prompts", "evaluate", "format_table", "main", "DEFAULT_CHECKPOINT"]
 
@@ -68,6 +68,7 @@ class EvalConfig:
     max_new_tokens: int = bounded(48, ge=1)
     batch_size: int = bounded(128, ge=1)
     grid_per_category: int = bounded(3, ge=0)
+    max_rounds: int = bounded(1, ge=1, help="images per episode with reasoning: > 1 looks, reflects and redraws")
     threads: int = bounded(0, ge=0, help="torch threads (0: torch's default)")
 
     def validate(self) -> None:
@@ -128,10 +129,11 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
     grids = {}
     for mode in cfg.modes:
         t0 = time.perf_counter()
-        images, reasonings, truncated = sample_images(
-            policy, texts, reasoning=mode == "reasoning", steps=cfg.steps, temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
-            guidance_scale=cfg.guidance_scale)
+        episodes = sample_episodes(
+            policy, texts, max_rounds=cfg.max_rounds if mode == "reasoning" else 1, reasoning=mode == "reasoning",
+            steps=cfg.steps, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+            batch_size=cfg.batch_size, guidance_scale=cfg.guidance_scale)
+        images, reasonings, truncated = episodes.images, episodes.texts, episodes.truncated
         strict, breakdown = score(images, prompts, "strict")
         shaped = breakdown.shaped
         plan_ok = []
@@ -147,6 +149,11 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
             table["plan_accuracy_per_category"] = {c: float(np.mean([o for o, k in zip(plan_ok, cats) if k == c]))
                                                    for c in table["per_category"]}
             table["truncated"] = int(np.sum(truncated))
+            if cfg.max_rounds > 1:  # the same episodes' first images: does looking help?
+                first = score(episodes.round_images[:, 0], prompts, "strict")[0]
+                table["first_image_overall"] = _accuracy_table(cats, first)["overall"]
+                table["rounds_used_mean"] = float(episodes.rounds_used.float().mean())
+                grids["rounds"] = (episodes, strict)
         table["seconds"] = time.perf_counter() - t0
         table["samples"] = [{"prompt": p.text, "category": p.category, "reasoning": r, "strict": float(s),
                              "shaped": float(sh), "plan_ok": ok if mode == "reasoning" else None}
@@ -157,11 +164,24 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+        pick = _grid_indices(cats, cfg.grid_per_category)
         for mode, (images, strict) in grids.items():
-            pick = _grid_indices(cats, cfg.grid_per_category)
+            if mode == "rounds":  # image 1 beside image 2, captioned with the reflection between them
+                ep = images
+                tiles = ep.round_images[pick].flatten(0, 1)
+                caps = [c for i in pick for c in (f"{texts[i]}", f"[{'ok' if strict[i] else 'x'}] "
+                                                  f"{_after_looking(ep.texts[i])}")]
+                save_image_grid(out / "samples_rounds.png", tiles, caps, cols=6)
+                continue
             caps = [f"[{'ok' if strict[i] else 'x'}] {texts[i]}" for i in pick]
             save_image_grid(out / f"samples_{mode}.png", images[pick], caps, cols=6)
     return results
+
+
+def _after_looking(text: str) -> str:
+    """What the model wrote after its first image (the text after the first ``</think>``)."""
+    words = text.split()
+    return " ".join(words[words.index(END_THINK) + 1:]) if END_THINK in words else ""
 
 
 def _grid_indices(cats: list[str], per_category: int) -> list[int]:
@@ -192,6 +212,12 @@ def format_table(results: dict) -> str:
     if "reasoning" in results["modes"]:
         lines.append(f"{'plan accuracy':<16}{'':>5}" + "".join(
             f"{results['modes'][m]['plan_accuracy']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
+        looked = results["modes"]["reasoning"]
+        if "first_image_overall" in looked:
+            lines.append(f"{'first image':<16}{'':>5}" + "".join(
+                f"{looked['first_image_overall']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
+            lines.append(f"{'rounds used':<16}{'':>5}" + "".join(
+                f"{looked['rounds_used_mean']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
     return "\n".join(lines)
 
 
@@ -212,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--both", action="store_true", help="run with and without reasoning, paired")
     p.add_argument("--split", choices=("heldout", "train"), default=d.split)
     add_flags(p, d, ["steps", "images_per_category", "split_seed", "seed", "temperature", "guidance_scale",
-                     "max_new_tokens", "batch_size", "threads"])
+                     "max_new_tokens", "batch_size", "threads", "max_rounds"])
     return p
 
 
@@ -222,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = EvalConfig(checkpoint=a.checkpoint, out=a.out, steps=a.steps, modes=modes,
                      images_per_category=a.images_per_category, split=a.split, split_seed=a.split_seed, seed=a.seed,
                      temperature=a.temperature, guidance_scale=a.guidance_scale, max_new_tokens=a.max_new_tokens,
-                     batch_size=a.batch_size, threads=a.threads)
+                     batch_size=a.batch_size, threads=a.threads, max_rounds=a.max_rounds)
     def setup() -> ShapesModel:
         cfg.validate()
         policy, which = load_checkpoint(cfg.checkpoint)

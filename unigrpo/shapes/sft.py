@@ -39,15 +39,18 @@ from .. import ops
 from ..cli import ArgumentParser, RUN_ERRORS, SETUP_ERRORS, attempt
 from ..config_bounds import add_flags, bounded, check_bounds, flag
 from ..schedule import sample_training_sigmas
-from ..task import resolve_device
-from .model import ShapesConfig, ShapesModel
+from ..policy import SeenImages
+from ..task import ModelConfig, resolve_device
+from .model import ShapesConfig, ShapesModel, build_tokenizer, load_policy
 from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
-from .plan import canonical_plan
+from .plan import canonical_plan, extract_plan
+from .reflect import flawed_plan, reflection
 from .vocab import BOS
 
 PROG = "python -m unigrpo.sft"
 
-__all__ = ["SFTConfig", "SFTBatch", "make_batch", "sft_losses", "build_model", "param_groups", "train", "main"]
+__all__ = ["SFTConfig", "SFTBatch", "EpisodeBatch", "make_batch", "make_episode_batch", "sft_losses", "episode_losses",
+           "build_model", "param_groups", "train", "main"]
 
 
 @dataclass
@@ -69,6 +72,10 @@ class SFTConfig:
     lm_weight: float = bounded(1.0, ge=0)
     flow_weight: float = bounded(1.0, ge=0)
     balance_categories: bool = True
+    # multi-round warm start: a share of the examples look at their image and reflect (docs/sft.md)
+    reflect: float = bounded(0.0, ge=0, le=1)
+    flawed: float = bounded(0.5, ge=0, le=1)
+    init: str = ""
     # model shape (ShapesConfig checks how the sizes fit together)
     hidden_size: int = bounded(192, ge=1)
     num_hidden_layers: int = bounded(4, ge=1)
@@ -123,6 +130,57 @@ def make_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: 
     return SFTBatch(texts, images, keep, picks)
 
 
+@dataclass
+class EpisodeBatch:
+    """Examples with up to two images each, for the interleaved warm start. ``texts``: every
+    turn's words; ``images`` uint8 (B, 2, H, W, 3); ``slots`` int (B, 2): how many words
+    of the text come before image r; ``present`` / ``trained`` bool (B, 2): which images
+    exist, and which are denoising targets (a deliberately flawed first image is not)."""
+
+    texts: list[str]
+    images: np.ndarray
+    slots: np.ndarray
+    present: np.ndarray
+    trained: np.ndarray
+
+
+def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: int,
+                       drop_reasoning: float, reflect: float, flawed: float, exclude_pairs=(),
+                       balance_categories: bool = True, image_size: int = 32) -> EpisodeBatch:
+    """:func:`make_batch`'s examples, and with probability ``reflect`` an episode that looks at
+    its first image: drawn right, the model ends it (``<eos>``); drawn flawed (probability
+    ``flawed``: :func:`.reflect.flawed_plan` of the planned objects), it writes the
+    diagnosis and the plan again, and a second, right image follows. The first turn's plan
+    is always the right one: a drawing that missed its plan is what RL's reflection meets."""
+    base = make_batch(rng, prompts, batch_size, drop_reasoning, exclude_pairs, balance_categories, image_size)
+    b = batch_size
+    images = np.zeros((b, 2, image_size, image_size, 3), dtype=np.uint8)
+    images[:, 0] = base.images
+    slots = np.zeros((b, 2), dtype=np.int64)
+    present = np.zeros((b, 2), dtype=bool)
+    present[:, 0] = True
+    trained = present.copy()
+    texts = list(base.texts)
+    looks = (rng.random(b) < reflect) & base.reasoning
+    bad = rng.random(b) < flawed
+    for i in range(b):
+        slots[i] = len(texts[i].split())
+        if not looks[i]:
+            continue
+        plan = extract_plan(texts[i])[0]
+        if bad[i]:
+            drawn = flawed_plan(plan, rng)
+            images[i, 0] = render_plans([drawn], rng, image_size)[0]
+            images[i, 1] = base.images[i]
+            present[i, 1] = trained[i, 1] = True
+            trained[i, 0] = False
+        else:
+            drawn = plan
+        texts[i] = f"{texts[i]} {reflection(drawn, plan)}"
+        slots[i, 1] = len(texts[i].split())
+    return EpisodeBatch(texts, images, slots, present, trained)
+
+
 def _reasoning_targets(ids: torch.Tensor, mask: torch.Tensor, think_id: int) -> torch.Tensor:
     """bool (B, T): the tokens after ``<think>`` (plan and ``</think>``), the LM targets."""
     is_think = (ids == think_id) & mask
@@ -147,6 +205,38 @@ def sft_losses(model: ShapesModel, batch: SFTBatch, generator: torch.Generator) 
     if bool(targets.any()):
         h = hidden[:, : t - 1][targets]
         logp = ops.fused_linear_token_logprobs(h, model.lm_head_weight, ids[:, 1:][targets])
+        lm = -logp.mean()
+    else:
+        lm = hidden.sum() * 0.0
+    return lm, flow
+
+
+def episode_losses(model: ShapesModel, batch: EpisodeBatch,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM loss, flow loss) of an :class:`EpisodeBatch` in one interleaved pass: every
+    turn's tokens after ``<think>`` (a reflection, or the ``<eos>`` that ends the episode,
+    predicted after looking), and the velocity of every trained image in its context."""
+    tokens = model.encode_texts(batch.texts)
+    ids, mask = tokens.ids, tokens.mask
+    b, t = ids.shape
+    pad = t - mask.long().sum(1, keepdim=True)
+    x0 = model.images_to_latents(torch.from_numpy(batch.images.reshape(-1, *batch.images.shape[2:])))
+    x0 = x0.view(b, 2, *x0.shape[1:])
+    slots = torch.from_numpy(batch.slots).to(ids.device) + pad
+    seen = SeenImages(x0, slots, torch.from_numpy(batch.present).to(ids.device))
+    hidden, ctx = model.interleaved_contexts(ids, mask, seen)
+
+    rows, rounds = torch.from_numpy(batch.trained).nonzero(as_tuple=True)
+    x = x0[rows, rounds]
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
+    sigma = sample_training_sigmas(len(rows), model.timestep_shift, generator=generator).to(x.device)
+    s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+    v = model.velocity((1 - s) * x + s * noise, sigma, ctx.select((rows * 2 + rounds).to(ids.device)))
+    flow = (v.float() - (noise - x).float()).pow(2).mean()
+    targets = _reasoning_targets(ids, mask, model.special["think"])[:, 1:]
+    if bool(targets.any()):
+        logp = ops.fused_linear_token_logprobs(hidden[:, :t - 1][targets], model.lm_head_weight,
+                                               ids[:, 1:][targets])
         lm = -logp.mean()
     else:
         lm = hidden.sum() * 0.0
@@ -183,11 +273,26 @@ def param_groups(model: ShapesModel, cfg: SFTConfig) -> list[dict]:
 
 
 def build_model(cfg: SFTConfig) -> ShapesModel:
+    if cfg.init:
+        return _extended(load_policy(ModelConfig(checkpoint=cfg.init)))
     config = ShapesConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
                           num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
                           intermediate_size=cfg.intermediate_size, image_expert=cfg.image_expert,
                           timestep_shift=cfg.timestep_shift)
     return ShapesModel(config)
+
+
+def _extended(old: ShapesModel) -> ShapesModel:
+    """``old`` with today's vocabulary: the words added since it was trained (appended, so
+    every old id keeps its row) get fresh embedding and LM-head rows."""
+    model = ShapesModel(dataclasses.replace(old.config, vocab_size=len(build_tokenizer()), special_tokens={}))
+    state = old.state_dict()
+    for name in ("embed_tokens.weight", "lm_head.weight"):
+        rows = model.state_dict()[name].clone()
+        rows[:state[name].shape[0]] = state[name]
+        state[name] = rows
+    model.load_state_dict(state)
+    return model
 
 
 def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
@@ -214,10 +319,15 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * scale
             lr = cfg.lr * scale
-            batch = make_batch(rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
-                               cfg.balance_categories, model.config.image_size)
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                lm, flow = sft_losses(model, batch, gen)
+                if cfg.reflect:
+                    lm, flow = episode_losses(model, make_episode_batch(
+                        rng, split.train, cfg.batch_size, cfg.drop_reasoning, cfg.reflect, cfg.flawed,
+                        split.heldout_pairs, cfg.balance_categories, model.config.image_size), gen)
+                else:
+                    lm, flow = sft_losses(model, make_batch(
+                        rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
+                        cfg.balance_categories, model.config.image_size), gen)
             loss = cfg.lm_weight * lm + cfg.flow_weight * flow
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,6 +357,10 @@ _HELP = {
     "timestep_shift": "shift of the logit-normal timesteps (Bagel: 3)", "bf16": "bfloat16 autocast",
     "save_every": "also save step-N checkpoints every N steps (0: off)",
     "threads": "torch threads (0: torch's default; 1 is fastest on a busy 2-core machine)",
+    "reflect": "share of examples that look at their image and reflect (multi-round warm start; 0: off)",
+    "flawed": "share of the reflecting examples whose first image is drawn wrong (diagnosis, then a redraw)",
+    "init": "start from this checkpoint (a directory or builtin:NAME) instead of from scratch; the model "
+            "shape flags are then ignored",
 }
 
 

@@ -19,7 +19,7 @@ from ..task import Task, TaskConfig, TaskPrompt, category_means
 from . import verifier
 from .split import make_split
 
-__all__ = ["ShapesTask", "verifier_reward"]
+__all__ = ["ShapesTask", "ShapesReflectTask", "verifier_reward"]
 
 DEFAULT_REWARD = "shaped"
 
@@ -76,3 +76,38 @@ class ShapesTask(Task):
                                   grid_per_category=2), policy)
         table = res["modes"]["reasoning"]
         return {"overall": table["overall"], **table["per_category"]}
+
+
+class ShapesReflectTask(ShapesTask):
+    """``task=shapes-reflect``: the shapes prompts, drawn in up to two rounds. After its first
+    image the model looks at it and either ends the episode (``<eos>``) or writes what is
+    wrong and the plan again (:mod:`.reflect`), and draws a second image; the verifier
+    scores the final one. Batch metrics add the first image's accuracy and the rounds
+    used; evaluation reports the final and the first image's accuracy of the same episodes
+    (does looking help?) beside drawing without reasoning. Starts from the multi-round warm
+    start (``builtin:shapes-reflect-sft``, docs/sft.md)."""
+
+    name = "shapes-reflect"
+    config_defaults = {"rollout.max_rounds": "2", "model.checkpoint": "builtin:shapes-reflect-sft"}
+
+    def batch_metrics(self, batch) -> dict[str, float]:
+        from .model import latents_to_uint8
+
+        out = super().batch_metrics(batch)
+        first = verifier.score(latents_to_uint8(batch.latents[:, 0, -1]).numpy(), list(batch.metadata),
+                               mode="strict")[0]
+        out["accuracy/first_image"] = float(first.mean())
+        out["rollout/rounds_used"] = float(batch.rounds_used.float().mean())
+        return out
+
+    def evaluate(self, policy: UnifiedPolicy, out_dir: str | Path | None) -> dict[str, float]:
+        from .eval import EvalConfig, evaluate
+
+        c = self.cfg
+        res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
+                                  images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
+                                  temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
+                                  batch_size=c.eval_batch_size, max_rounds=2, grid_per_category=2), policy)
+        table = res["modes"]["reasoning"]
+        return {"overall": table["overall"], "first_image_overall": table["first_image_overall"],
+                "rounds_used": table["rounds_used_mean"], **table["per_category"]}

@@ -38,6 +38,9 @@ __all__ = [
     "END_THINK",
     "IMAGE",
     "END_IMAGE",
+    "MISSING",
+    "EXTRA",
+    "REFLECTION_WORDS",
     "PLAN_AT",
     "PLAN_SEP",
     "plan_tokens",
@@ -82,6 +85,9 @@ IMAGE, END_IMAGE = "<image>", "</image>"
 #: fixed order: ids 0..7 of the vocabulary.
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, THINK, END_THINK, IMAGE, END_IMAGE)
 
+#: the diagnosis words of a reflection (:mod:`.reflect`)
+MISSING, EXTRA = "missing", "extra"
+REFLECTION_WORDS: tuple[str, ...] = (MISSING, EXTRA)
 PLAN_AT = "@"
 PLAN_SEP = ";"
 
@@ -99,9 +105,11 @@ def tokenize(text: str) -> list[str]:
 @lru_cache(maxsize=1)
 def vocabulary() -> tuple[str, ...]:
     """The task's word vocabulary: ``SPECIAL_TOKENS`` first (ids 0..7), then every
-    word used by any prompt of any category or by a plan, sorted.  Deterministic."""
+    word used by any prompt of any category or by a plan, sorted, then the reflection
+    words (appended, so the ids of a model trained before them are unchanged: the
+    shipped single-round checkpoint's vocabulary is the first 69).  Deterministic."""
     from .prompts import prompt_words  # local import: prompts depends on vocab
 
     words = set(prompt_words()) | set(plan_tokens())
     words -= set(SPECIAL_TOKENS)
-    return SPECIAL_TOKENS + tuple(sorted(words))
+    return SPECIAL_TOKENS + tuple(sorted(words)) + tuple(w for w in REFLECTION_WORDS if w not in words)

@@ -9,6 +9,7 @@ values are rejected with the list of valid ones.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -196,18 +197,31 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
-    cfg = TrainConfig()
-    if path is not None:
-        apply(cfg, _flatten(read_yaml(path)))
+    """Defaults, then the task's own defaults (:attr:`unigrpo.task.Task.config_defaults`),
+    then the YAML file, then ``key=value`` overrides; validated."""
+    settings = {} if path is None else _flatten(read_yaml(path))
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value (or task=NAME)")
         key, value = item.split("=", 1)
-        key = key.strip()
-        apply(cfg, {key: value})
+        settings[key.strip()] = value
+    cfg = TrainConfig()
+    probe = copy.deepcopy(cfg)
+    apply(probe, settings)  # which task: its defaults go under the user's settings
+    apply(cfg, _task_defaults(probe.task.name))
+    apply(cfg, settings)
     cfg.validate()
     return cfg
+
+
+def _task_defaults(name: str) -> dict[str, str]:
+    from ..task import TASKS
+
+    try:
+        factory = TASKS.get(name)
+    except Exception:  # an unknown task is reported where the task is built, with the names there are
+        return {}
+    return dict(getattr(factory, "config_defaults", {}))
 
 
 def to_dict(cfg: TrainConfig) -> dict:

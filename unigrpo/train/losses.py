@@ -1,4 +1,4 @@
-"""The joint UniGRPO objective on a minibatch of rounds (docs/method.md):
+"""The joint UniGRPO objective on a minibatch of episodes (docs/method.md):
 
     L = L_text + lambda_img * L_image + beta_v * L_reg
 
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import ops
 from ..config_bounds import bounded, check_bounds
-from ..policy import ImageContext, UnifiedPolicy
+from ..policy import ImageContext, UnifiedPolicy, hidden_token_logprobs
 from ..rollout import RolloutBatch, guided_velocity
 
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
@@ -40,9 +40,10 @@ class LossConfig:
     beta: float = bounded(0.0, ge=0, help="text k3 KL to the reference (off by default, as in TRL)")
     # TRL's names and meanings (text tokens; the image steps are always a mean over the minibatch):
     # dapo (default): sum over the tokens / the token count of the whole optimizer step (all its
-    # accumulated minibatches), so every token weighs the same whatever its round's length or
-    # minibatch; bnpo: the same per minibatch; grpo: per-round mean, then mean (favours short
-    # rounds' tokens); dr_grpo: sum / (rounds x rollout.max_reasoning_tokens), a constant
+    # accumulated minibatches), so every token weighs the same whatever its episode's length or
+    # minibatch; bnpo: the same per minibatch; grpo: per-episode mean, then mean (favours short
+    # episodes' tokens); dr_grpo: sum / (episodes x the most tokens an episode can generate:
+    # rollout.max_rounds x rollout.max_reasoning_tokens), a constant
     loss_type: str = "dapo"
     scale_rewards: str = "group"         # group | batch | none (Dr. GRPO)
     adv_clip_max: float = bounded(5.0, gt=0, help="advantages clipped to +-this (FlowGRPO)")
@@ -62,7 +63,7 @@ class LossConfig:
     image_context_grad: bool = True
     train_text: bool = True
     train_image: bool = True
-    mask_truncated: bool = False         # drop rounds whose reasoning hit the length limit
+    mask_truncated: bool = False         # drop episodes whose reasoning hit the length limit
 
     def validate(self) -> None:
         from .advantages import SCALE_REWARDS
@@ -82,7 +83,8 @@ class LossConfig:
 class TokenNorm:
     """What the text loss of one minibatch is divided by, fixed before the step:
     ``accumulation`` minibatches make one optimizer step and hold ``step_tokens``
-    reasoning tokens in all; ``max_tokens`` is ``rollout.max_reasoning_tokens``.
+    reasoning tokens in all; ``max_tokens`` is the most an episode can generate,
+    ``rollout.max_rounds x rollout.max_reasoning_tokens``.
     Data parallel: the counts are every rank's, and ``ranks`` undoes DDP's gradient
     average for the token sums; ``minibatch_tokens``: this minibatch's count over every
     rank (None: the minibatch's own)."""
@@ -120,9 +122,24 @@ def aggregate_token_loss(loss: Tensor, mask: Tensor, loss_type: str, norm: Token
 
 
 def trained_token_mask(mb: RolloutBatch, cfg: LossConfig) -> Tensor:
-    """bool (B, N): the reasoning tokens the text loss trains (``mask_truncated`` drops truncated rounds)."""
+    """bool (B, N): the reasoning tokens the text loss trains (``mask_truncated`` drops truncated episodes)."""
     mask = mb.reasoning_mask
     return mask & ~mb.truncated[:, None] if cfg.mask_truncated else mask
+
+
+def episode_states(model: UnifiedPolicy, mb: RolloutBatch, text: bool = True,
+                   image: bool = True) -> tuple[Tensor | None, ImageContext | None]:
+    """One teacher-forced pass over the minibatch's episodes: the text's hidden states
+    (B, L, H) (``text``) and the contexts of the images (``image``), row ``b * R + r``
+    for image r of episode b. A multi-round batch runs the interleaved sequence, the
+    images the model looked at inside the text."""
+    if mb.max_rounds > 1:
+        hidden, ctx = model.interleaved_contexts(mb.ids, mb.mask, mb.seen_images())
+        return hidden if text else None, ctx if image else None
+    if text and image:
+        return model.text_and_image_context(mb.ids, mb.mask)
+    return (model.text_forward(mb.ids, mb.mask) if text else None,
+            model.image_context(mb.ids, mb.mask) if image else None)
 
 
 def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
@@ -139,7 +156,9 @@ def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch
     ref_logp = None
     if cfg.beta > 0 and ref is not None:
         with torch.no_grad():
-            ref_logp = ref.token_logprobs(mb.ids, mb.mask, mb.temperature, start).reshape(-1)
+            ref_hidden, _ = episode_states(ref, mb, image=False)
+            ref_logp = hidden_token_logprobs(ref_hidden, ref.lm_head_weight, mb.ids, mb.mask, mb.temperature,
+                                             start).reshape(-1)
     out = ops.fused_linear_grpo_loss(
         hidden[:, start - 1:-1].reshape(b * n, -1), policy.lm_head_weight, mb.ids[:, start:].reshape(-1),
         mb.reasoning_logprobs.reshape(-1), adv[:, None].expand(b, n).reshape(-1), weights.reshape(-1),
@@ -154,15 +173,16 @@ def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch
 
 def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
                ctx: ImageContext) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(mean clipped surrogate, mean penalty, stats) over the trained (round, step) pairs.
-    ctx: the policy's image context of ``mb.ids`` (with autograd history unless
-    ``image_context_grad`` is off)."""
+    """(mean clipped surrogate, mean penalty, stats) over the trained (episode, image, step)
+    triples. ctx: the policy's image contexts of the minibatch (:func:`episode_states`, with
+    autograd history unless ``image_context_grad`` is off)."""
     if cfg.grpo_guard and mb.step_noise is None:
         raise ValueError("loss.grpo_guard needs the rollout's step noise: an SDE rollout (rollout.noise_level > 0) "
                          "generated with keep_noise=True")
-    rows, steps = mb.train_steps.to(mb.ids.device).nonzero(as_tuple=True)
+    rows, rounds, steps = mb.train_steps.to(mb.ids.device).nonzero(as_tuple=True)
+    images = rows * mb.max_rounds + rounds  # the context row of each trained step's image
     sig, sig_next = mb.sigmas[steps], mb.sigmas[steps + 1]
-    x, x_next = mb.latents[rows, steps], mb.latents[rows, steps + 1]
+    x, x_next = mb.latents[rows, rounds, steps], mb.latents[rows, rounds, steps + 1]
 
     def uncond_context(model):  # CFG (ablation only): the empty prompt's context
         if mb.guidance_scale == 1.0:
@@ -172,16 +192,16 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
 
     with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.image_context_grad):
         uncond = uncond_context(policy)
-    v = guided_velocity(policy, x, sig, ctx.select(rows), uncond, mb.guidance_scale)
+    v = guided_velocity(policy, x, sig, ctx.select(images), uncond, mb.guidance_scale)
     if cfg.image_penalty == "none":
         v_ref = v.detach()
     else:
         with torch.no_grad():
-            ref_ctx = ref.image_context(mb.ids, mb.mask).select(rows)
+            ref_ctx = episode_states(ref, mb, text=False)[1].select(images)
             v_ref = guided_velocity(ref, x, sig, ref_ctx, uncond_context(ref), mb.guidance_scale)
-    out = ops.flow_grpo_step_loss(v, v_ref, x, x_next, sig, sig_next, mb.step_logprobs[rows, steps], adv[rows],
+    out = ops.flow_grpo_step_loss(v, v_ref, x, x_next, sig, sig_next, mb.step_logprobs[rows, rounds, steps], adv[rows],
                                   noise_level=mb.noise_level, clip_range=cfg.clip_range, penalty=cfg.image_penalty,
-                                  noise=mb.step_noise[rows, steps] if cfg.grpo_guard else None)
+                                  noise=mb.step_noise[rows, rounds, steps] if cfg.grpo_guard else None)
     stats = {f"image/{k}": s for k, s in out.stats.items()}
     return out.loss.mean(), out.penalty.mean(), stats
 
@@ -192,13 +212,8 @@ def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
     step's loss: divided for ``norm.accumulation``), and its stats (0-dim tensors;
     ``loss/*`` per minibatch, before that division)."""
     stats: dict[str, Tensor] = {}
-    if cfg.train_text and cfg.train_image:
-        hidden, ctx = policy.text_and_image_context(mb.ids, mb.mask)
-    elif cfg.train_text:
-        hidden, ctx = policy.text_forward(mb.ids, mb.mask), None
-    else:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.image_context_grad):
-            hidden, ctx = None, policy.image_context(mb.ids, mb.mask)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (cfg.train_text or cfg.image_context_grad)):
+        hidden, ctx = episode_states(policy, mb, cfg.train_text, cfg.train_image)
     if ctx is not None and not cfg.image_context_grad:
         ctx = ctx.detach()
     total = torch.zeros((), device=adv.device)

@@ -29,7 +29,7 @@ from ..io import atomic_write_text
 from ..ops.dispatch import describe as describe_backend
 from ..policy import UnifiedPolicy
 from ..rewards import NonFiniteRewardError
-from ..rollout import RolloutBatch, generate_rounds, sharded_sampling
+from ..rollout import RolloutBatch, generate_episodes, sharded_sampling
 from ..task import Task, build_task, resolve_device
 from . import checkpointing, distributed, sharding
 from .advantages import group_advantages
@@ -287,7 +287,7 @@ class Trainer:
         batch, error = None, None
         try:
             with self._autocast():
-                batch = sharding.run_gathered(self._loss, generate_rounds, self.policy, [p.text for p in chosen],
+                batch = sharding.run_gathered(self._loss, generate_episodes, self.policy, [p.text for p in chosen],
                                               [p.metadata for p in chosen], self.rewards, cfg.rollout,
                                               self.generators["rollout"], keep_noise=cfg.loss.grpo_guard)
         except NonFiniteRewardError as e:
@@ -304,7 +304,8 @@ class Trainer:
         for step in plan_minibatches(batch, cfg, self.generators["shuffle"], t.minibatch_size // world.size):
             tokens = distributed.all_sum([float(token_mask[i.to(self.device)].sum()) for i in step], world,
                                          self.device)
-            norm = TokenNorm(len(step), float(sum(tokens)), cfg.rollout.max_reasoning_tokens, world.size)
+            norm = TokenNorm(len(step), float(sum(tokens)), cfg.rollout.max_rounds * cfg.rollout.max_reasoning_tokens,
+                             world.size)
             self.optimizer.zero_grad(set_to_none=True)
             finite = True
             for j, mb_idx in enumerate(step):
@@ -330,13 +331,15 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
         local = {**self.task.batch_metrics(batch), **_mean_stats(stats),
                  "train/advantage_abs_mean": float(adv.abs().mean())}
+        if cfg.rollout.max_rounds > 1:
+            local["rollout/rounds_used"] = float(batch.rounds_used.float().mean())
         if stats:
             local["first_minibatch/text_ratio_mean"] = float(stats[0].get("text/ratio_mean", float("nan")))
             local["first_minibatch/image_ratio_mean"] = float(stats[0].get("image/ratio_mean", float("nan")))
         elapsed = time.perf_counter() - start
         return {**_reward_metrics(rewards, components), **_mean_stats(distributed.gather_objects(local, world)),
                 "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-                "train/lr": self.scheduler.get_last_lr()[0], "train/rounds_per_s": len(rewards) / rollout_s,
+                "train/lr": self.scheduler.get_last_lr()[0], "train/episodes_per_s": len(rewards) / rollout_s,
                 "train/iteration_s": elapsed, **{f"train/{k}": v for k, v in self.counters.items()}}
 
     def _advantages(self, batch: RolloutBatch, prompts: int):

@@ -15,22 +15,24 @@ import torch
 from ...task import ModelConfig
 from .checkpoint import CheckpointError
 from .config import ShapesConfig
-from .shapes_model import KVImageContext, ShapesModel
+from .shapes_model import KVImageContext, ShapesModel, latents_to_uint8
 from .tokenizer import build_tokenizer, load_tokenizer
 
 __all__ = ["ShapesConfig", "ShapesModel", "KVImageContext", "CheckpointError", "build_tokenizer",
-           "load_tokenizer", "SFT_CHECKPOINT",
+           "load_tokenizer", "SFT_CHECKPOINT", "REFLECT_SFT_CHECKPOINT", "latents_to_uint8",
            "load_policy"]
 
 #: the shipped supervised warm start (docs/sft.md), known to ``model.checkpoint`` as builtin:shapes-sft
 SFT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "shapes-sft"
-BUILTIN_CHECKPOINTS = {"builtin:shapes-sft": SFT_CHECKPOINT}
+#: the multi-round warm start (task=shapes-reflect), builtin:shapes-reflect-sft
+REFLECT_SFT_CHECKPOINT = SFT_CHECKPOINT.with_name("shapes-reflect-sft")
+BUILTIN_CHECKPOINTS = {"builtin:shapes-sft": SFT_CHECKPOINT, "builtin:shapes-reflect-sft": REFLECT_SFT_CHECKPOINT}
 
 
 def load_policy(model: ModelConfig, device: torch.device | str = "cpu") -> ShapesModel:
     """The ``shapes`` policy loader (``model.type=shapes``): ``model.checkpoint`` is a model
-    directory, a run or ``checkpoint-*`` directory (verified), or ``builtin:shapes-sft``
-    (the default)."""
+    directory, a run or ``checkpoint-*`` directory (verified), or a built-in one:
+    ``builtin:shapes-sft`` (the default) or ``builtin:shapes-reflect-sft``."""
     checkpoint = model.checkpoint or "builtin:shapes-sft"
     if checkpoint.startswith("builtin:") and checkpoint not in BUILTIN_CHECKPOINTS:
         raise ValueError(f"model.checkpoint {checkpoint!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")

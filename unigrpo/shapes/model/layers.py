@@ -32,8 +32,17 @@ _CACHE_KW = next((k for k in ("cache", "past_key_values", "past_key_value")
                   if k in inspect.signature(Qwen2Attention.forward).parameters), "cache")
 
 
-def _by_modality(text_fn: nn.Module, image_fn: nn.Module, h: Tensor, n_text: int) -> Tensor:
-    """Apply ``text_fn`` to the first ``n_text`` positions of h (B, L, H) and ``image_fn`` to the rest."""
+def _by_modality(text_fn: nn.Module, image_fn: nn.Module, h: Tensor, n_text: int | Tensor) -> Tensor:
+    """Apply ``text_fn`` to the text positions of h (B, L, H) and ``image_fn`` to the image positions:
+    ``n_text`` an int (the first ``n_text`` positions are text) or a bool (B, L) tensor, True at
+    image positions (an interleaved sequence)."""
+    if text_fn is image_fn:
+        return text_fn(h)
+    if isinstance(n_text, Tensor):
+        flat, is_image = h.reshape(-1, h.shape[-1]), n_text.reshape(-1)
+        text_rows, image_rows = (~is_image).nonzero()[:, 0], is_image.nonzero()[:, 0]
+        out = flat.new_empty(flat.shape).index_copy(0, text_rows, text_fn(flat[text_rows]))
+        return out.index_copy(0, image_rows, image_fn(flat[image_rows])).view_as(h)
     if n_text >= h.shape[1]:
         return text_fn(h)
     if n_text == 0:
@@ -65,9 +74,10 @@ class UnifiedDecoderLayer(nn.Module):
     def _image(self, name: str) -> nn.Module:
         return getattr(self, "image_" + name) if self.image_expert else getattr(self, name)
 
-    def forward(self, hidden: Tensor, n_text: int, position_embeddings: tuple[Tensor, Tensor],
+    def forward(self, hidden: Tensor, n_text: int | Tensor, position_embeddings: tuple[Tensor, Tensor],
                 attention_mask: Tensor, cache=None) -> Tensor:
-        """hidden (B, L, H): ``n_text`` text positions then image positions;
+        """hidden (B, L, H): ``n_text`` text positions then image positions (or a bool
+        (B, L) tensor, True at image positions);
         position_embeddings: rotary (cos, sin) (B, L, head_dim); attention_mask:
         bool (B, 1, L, L_past + L), True = may attend; cache: a ``transformers``
         Cache holding L_past earlier positions (updated in place), or None."""

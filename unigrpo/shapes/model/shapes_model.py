@@ -31,14 +31,21 @@ from torch import Tensor, nn
 from transformers import DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
 
-from ...policy import ImageContext, TokenBatch, UnifiedPolicy
+from ...policy import ImageContext, SeenImages, TokenBatch, UnifiedPolicy
 from . import checkpoint
 from .config import ShapesConfig
+from .interleaved import PackedSequence, pack_interleaved
 from .layers import TimestepEmbedding, UnifiedDecoderLayer, patchify, unpatchify
 from .masks import causal_mask, image_mask, joint_mask, text_positions
 from .tokenizer import build_tokenizer, encode_strict, special_token_ids
 
-__all__ = ["ShapesModel", "KVImageContext", "DecodeState", "sincos_2d"]
+__all__ = ["ShapesModel", "KVImageContext", "DecodeState", "sincos_2d", "latents_to_uint8"]
+
+
+def latents_to_uint8(latents: Tensor) -> Tensor:
+    """The built-in model's latents (B, 3, H, W) in [-1, 1] (the pixels) -> uint8 (B, H, W, 3) on the CPU."""
+    x = ((latents.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu()
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -61,12 +68,15 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
 @dataclass
 class KVImageContext(ImageContext):
     """Text context of B images: per-layer ``(keys, values)`` of the text
-    (each (B, kv_heads, T, head_dim)), ``key_mask`` bool (B, T), and
-    ``image_position`` int64 (B,), the rotary position of the image tokens."""
+    (each (B_kv, kv_heads, T, head_dim)), ``key_mask`` bool (B, T), and
+    ``image_position`` int64 (B,), the rotary position of the image tokens.
+    ``kv_rows`` int64 (B,) or None: row i reads the keys/values of row ``kv_rows[i]``
+    (the R images of an interleaved row share one pass); None: B_kv = B."""
 
     kv: tuple[tuple[Tensor, Tensor], ...]
     key_mask: Tensor
     image_position: Tensor
+    kv_rows: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -74,12 +84,13 @@ class KVImageContext(ImageContext):
 
     def select(self, index: Tensor) -> KVImageContext:
         index = torch.as_tensor(index, dtype=torch.long, device=self.key_mask.device)
-        return KVImageContext(tuple((k[index], v[index]) for k, v in self.kv), self.key_mask[index],
+        kv_index = index if self.kv_rows is None else self.kv_rows[index]
+        return KVImageContext(tuple((k[kv_index], v[kv_index]) for k, v in self.kv), self.key_mask[index],
                               self.image_position[index])
 
     def detach(self) -> KVImageContext:
         return KVImageContext(tuple((k.detach(), v.detach()) for k, v in self.kv), self.key_mask,
-                              self.image_position)
+                              self.image_position, self.kv_rows)
 
 
 @dataclass
@@ -118,6 +129,7 @@ class ShapesModel(UnifiedPolicy):
         self.special = ids
         self.pad_token_id = ids["pad"]
         self.stop_token_ids = (ids["end_think"], ids["eos"])
+        self.end_of_episode_token_ids = (ids["eos"],)
         self.latent_shape = config.latent_shape
         self.timestep_shift = float(config.timestep_shift)
 
@@ -270,6 +282,49 @@ class ShapesModel(UnifiedPolicy):
         kv = tuple((layer.keys, layer.values) for layer in cache.layers)
         return hidden[:, :-1], KVImageContext(kv, mask, mask.long().sum(1))
 
+    # ----------------------------------------------------------- interleaved
+    supports_interleaved = True
+
+    def _pack(self, ids: Tensor, mask: Tensor, images: SeenImages) -> PackedSequence:
+        return pack_interleaved(self, ids, self._check_text(ids, mask), images)
+
+    def _run_packed(self, packed: PackedSequence, cache, extra_keys: int = 0) -> Tensor:
+        attend = packed.attend
+        if extra_keys:  # a static cache's empty decode columns: no query sees them yet
+            attend = torch.cat([attend, attend.new_zeros((*attend.shape[:3], extra_keys))], 3)
+        return self._run(packed.embeds, packed.is_image, packed.positions, attend, cache)
+
+    def interleaved_prefill(self, ids: Tensor, mask: Tensor, images: SeenImages,
+                            max_new_tokens: int | None = None) -> tuple[Tensor, DecodeState]:
+        packed = self._pack(ids, mask, images)
+        b, length = packed.real.shape
+        if max_new_tokens is None:
+            cache = DynamicCache(config=self.qwen2_config)
+            hidden = self._run_packed(packed, cache)
+            state = DecodeState(cache, packed.real, packed.seen)
+        else:
+            cache = StaticCache(config=self.qwen2_config, max_cache_len=length + max_new_tokens)
+            hidden = self._run_packed(packed, cache, max_new_tokens)
+            key_mask = torch.cat([packed.real, packed.real.new_zeros((b, max_new_tokens))], 1)
+            state = DecodeState(cache, key_mask, packed.seen, torch.tensor(length, device=ids.device))
+        last = hidden[torch.arange(b, device=ids.device), packed.last_index]
+        return self.lm_head(self.norm(last)), state
+
+    def interleaved_contexts(self, ids: Tensor, mask: Tensor, images: SeenImages) -> tuple[Tensor, KVImageContext]:
+        """One pass over the packed sequence (:mod:`.interleaved`): the text's hidden
+        states and the contexts of every image (keys up to and including its marker)."""
+        packed = self._pack(ids, mask, images)
+        cache = DynamicCache(config=self.qwen2_config)
+        hidden = self._run_packed(packed, cache)
+        b, r = packed.marker_index.shape
+        hidden = self.norm(hidden).gather(1, packed.pred_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        key_idx = torch.arange(packed.real.shape[1], device=ids.device)
+        key_mask = packed.real[:, None] & (key_idx[None, None] <= packed.marker_index[:, :, None])
+        position = packed.positions.gather(1, packed.marker_index) + 1
+        kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+        rows = torch.arange(b, device=ids.device).repeat_interleave(r)
+        return hidden, KVImageContext(kv, key_mask.reshape(b * r, key_idx.numel()), position.reshape(-1), rows)
+
     def _image_tokens(self, x: Tensor, sigma: Tensor) -> Tensor:
         c = self.config
         if x.dim() != 4 or tuple(x.shape[1:]) != c.latent_shape:
@@ -289,6 +344,8 @@ class ShapesModel(UnifiedPolicy):
     def velocity(self, x: Tensor, sigma: Tensor, context: KVImageContext) -> Tensor:
         if not isinstance(context, KVImageContext):
             raise TypeError(f"context must come from ShapesModel.image_context, got {type(context).__name__}")
+        if context.kv_rows is not None:  # shared interleaved rows: one copy per image
+            context = context.select(torch.arange(context.batch_size, device=context.key_mask.device))
         if context.batch_size != x.shape[0]:
             raise ValueError(f"context has {context.batch_size} rows but x has {x.shape[0]}")
         hidden = self._image_tokens(x, sigma)
@@ -322,8 +379,7 @@ class ShapesModel(UnifiedPolicy):
         return x.to(self.patch_embed.weight.dtype)
 
     def latents_to_images(self, latents: Tensor) -> Tensor:
-        x = ((latents.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1).contiguous().cpu()
+        return latents_to_uint8(latents)
 
     # ------------------------------------------------------------- lifecycle
     def save_pretrained(self, directory: str | Path) -> None:
