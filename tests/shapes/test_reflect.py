@@ -120,3 +120,26 @@ def test_reflect_evaluation_reports_first_and_final_images(tmp_path, rounds):
     table = res["modes"]["reasoning"]
     assert 0 <= table["first_image_overall"] <= 1 and 1 <= table["rounds_used_mean"] <= rounds
     assert (tmp_path / "samples_rounds.png").exists() and "first image" in format_table(res)
+
+
+def test_own_drawings_carry_the_reflection_the_detector_grounds():
+    from unigrpo.shapes.model import ShapesConfig, ShapesModel
+    from unigrpo.shapes.sft import own_drawings
+    from unigrpo.shapes.segment import detect
+    from unigrpo.shapes.reflect import seen_objects
+    from unigrpo.shapes.verifier import score
+
+    torch.manual_seed(0)
+    model = ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=48, timestep_embed_dim=16))
+    split = make_split(0)
+    pool = own_drawings(model, split.train, 12, np.random.default_rng(0), steps=2, batch_size=5)
+    assert 0 < len(pool) <= 12 and model.training  # the model's mode is restored
+    for d in pool:
+        plan = extract_plan(d.text)[0]
+        assert plan == d.plan and d.reflection == reflection(seen_objects(detect(d.image[None]), 0), plan)
+    b = make_episode_batch(np.random.default_rng(1), split.train, 32, 0.0, 1.0, 0.5, own=1.0, pool=pool)
+    texts = {d.text for d in pool}
+    for text, present, trained in zip(b.texts, b.present, b.trained):
+        assert any(text.startswith(t) for t in texts) and not trained[0]  # own drawings are never targets
+        assert present[1] == (not text.endswith("<eos>"))

@@ -3,7 +3,8 @@
     python -m unigrpo.ablate --iterations 40 --out runs/ablate
 
 joint vs text-only vs image-only training; velocity-MSE vs latent-KL vs no
-penalty; no-CFG vs CFG rollouts. Writes ``ablations.md`` (and .json): held-out
+penalty; no-CFG vs CFG rollouts; with ``task=shapes-reflect``, two-round vs
+single-round training of the same model (and the images per episode before and after). Writes ``ablations.md`` (and .json): held-out
 accuracy (ODE, strict), wall time, and a measure of reward hacking the reward
 does not see — the drift of the images from the reference policy's, drawn
 from the same bare prompts and the same noise (mean absolute pixel difference,
@@ -36,6 +37,9 @@ VARIANTS: dict[str, list[str]] = {
     "latent KL instead of velocity MSE": ["loss.image_penalty=latent_kl", "loss.beta_v=1.6"],
     "no image penalty": ["loss.image_penalty=none"],
     "CFG rollouts (w=3)": ["rollout.guidance_scale=3.0"],
+    # with task=shapes-reflect (two rounds by default): the same model trained on its first round
+    # only; evaluation still lets it look and redraw
+    "single-round training": ["rollout.max_rounds=1"],
 }
 
 
@@ -84,6 +88,9 @@ def run_variant(name: str, overrides: list[str], base: list[str], out: Path, dri
             "eval_before": {k: v for k, v in evals[0].items() if k != "iteration"} if evals else None,
             "heldout_before": evals[0]["eval/overall"] if evals else None,
             "heldout_after": evals[-1]["eval/overall"] if evals else None,
+            # multi-round tasks: images per held-out episode, before and after
+            "rounds_before": evals[0].get("eval/rounds_used") if evals else None,
+            "rounds_after": evals[-1].get("eval/rounds_used") if evals else None,
             "train_reward_last": next((h["reward/mean"] for h in reversed(history) if "reward/mean" in h), None),
             **_reward_trend(history),
             "image_drift": image_drift(trainer.policy, trainer.ref, drift_texts, cfg.task.eval_steps)}
@@ -93,14 +100,17 @@ def to_markdown(rows: list[dict], budget: str) -> str:
     def f(x, pct=False):
         return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3g}")
 
+    rounds = any(r.get("rounds_before") is not None for r in rows)
     lines = [f"Budget per variant: {budget}.", "",
              "| variant | held-out acc. before | after | train reward, first -> last quarter "
-             "| image drift vs reference (0-255) | training wall time (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| image drift vs reference (0-255) | training wall time (s) |"
+             + (" images per episode, before -> after |" if rounds else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if rounds else "")]
     for r in rows:
         lines.append(f"| {r['variant']} | {f(r['heldout_before'], True)} | {f(r['heldout_after'], True)} | "
                      f"{f(r.get('train_reward_first'))} -> {f(r.get('train_reward_final'))} | "
-                     f"{f(r['image_drift'])} | {r['wall_s']:.1f} |")
+                     f"{f(r['image_drift'])} | {r['wall_s']:.1f} |"
+                     + (f" {f(r.get('rounds_before'))} -> {f(r.get('rounds_after'))} |" if rounds else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -13,31 +13,43 @@ verifier would find it (``three circles, not two`` is ``extra <color> circle``).
 
 :func:`flawed_plan` makes the first image of a synthetic reflection episode: the plan
 with one object recoloured, reshaped, dropped or added, so that the diagnosis is
-never empty and its words say exactly what the renderer drew differently.
+never empty and its words say exactly what the renderer drew differently. The
+model's own drawings fail in other ways (ragged or merged shapes); for those the
+diagnosis is what the verifier's detector finds (:func:`seen_objects`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
 
 from .plan import Plan, PlanObject
+from .segment import Detections
 from .vocab import COLOR_NAMES, END_THINK, EOS, EXTRA, GRID, MISSING, PLAN_SEP, SHAPES
 
-__all__ = ["diagnose", "flawed_plan", "reflection"]
+__all__ = ["diagnose", "seen_objects", "flawed_plan", "reflection"]
 
 
-def diagnose(drawn: Plan, wanted: Plan) -> list[str]:
+def diagnose(drawn: Plan | Sequence[tuple[str, str]], wanted: Plan) -> list[str]:
     """The diagnosis items, missing first, each in (shape, colour) order: empty when the
-    drawn image has the planned objects (cells are not judged)."""
-    have = Counter((o.shape, o.color) for o in drawn)
+    drawn image has the planned objects (cells are not judged). ``drawn``: a plan, or the
+    (shape, colour) of every object found in an image (:func:`seen_objects`)."""
+    have = Counter((o.shape, o.color) for o in drawn) if isinstance(drawn, Plan) else Counter(drawn)
     want = Counter((o.shape, o.color) for o in wanted)
     items = [f"{MISSING} {c} {s}" for (s, c) in sorted(want - have) for _ in range((want - have)[(s, c)])]
     return items + [f"{EXTRA} {c} {s}" for (s, c) in sorted(have - want) for _ in range((have - want)[(s, c)])]
 
 
-def reflection(drawn: Plan, wanted: Plan) -> str:
+def seen_objects(detections: Detections, j: int) -> list[tuple[str, str]]:
+    """(shape, colour) of every object the verifier's detector classified in image ``j`` (an
+    object of no recognisable shape cannot be named, so it is left out)."""
+    rows = range(detections.offsets[j], detections.offsets[j + 1])
+    return [(SHAPES[detections.shape[i]], COLOR_NAMES[detections.color[i]]) for i in rows if detections.shape[i] >= 0]
+
+
+def reflection(drawn: Plan | Sequence[tuple[str, str]], wanted: Plan) -> str:
     """The turn after looking at a drawing of ``drawn`` when ``wanted`` was planned:
     ``<eos>`` when nothing is wrong, else the diagnosis and the plan, closed by ``</think>``."""
     items = diagnose(drawn, wanted)

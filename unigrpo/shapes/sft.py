@@ -17,6 +17,10 @@ Deterministic for a seed (data, init, noise) on a fixed number of threads.
 The shipped checkpoint (docs/sft.md)::
 
     python -m unigrpo.sft --out unigrpo/shapes/assets/shapes-sft --steps 3000 --bf16 --threads 1 --seed 0
+
+With ``--reflect`` > 0 the examples are episodes that may look at their image and
+reflect (:func:`make_episode_batch`), trained in the interleaved sequence
+(:func:`episode_losses`); docs/sft.md has the command of the multi-round warm start.
 """
 
 from __future__ import annotations
@@ -43,14 +47,17 @@ from ..policy import SeenImages
 from ..task import ModelConfig, resolve_device
 from .model import ShapesConfig, ShapesModel, build_tokenizer, load_policy
 from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
-from .plan import canonical_plan, extract_plan
-from .reflect import flawed_plan, reflection
-from .vocab import BOS
+from .plan import Plan, canonical_plan, extract_plan
+from ..rollout.denoise import denoise
+from .reflect import flawed_plan, reflection, seen_objects
+from .segment import detect
+from .verifier import score
+from .vocab import BOS, EOS
 
 PROG = "python -m unigrpo.sft"
 
-__all__ = ["SFTConfig", "SFTBatch", "EpisodeBatch", "make_batch", "make_episode_batch", "sft_losses", "episode_losses",
-           "build_model", "param_groups", "train", "main"]
+__all__ = ["SFTConfig", "SFTBatch", "EpisodeBatch", "OwnDrawing", "make_batch", "make_episode_batch", "own_drawings",
+           "sft_losses", "episode_losses", "build_model", "param_groups", "train", "main"]
 
 
 @dataclass
@@ -75,6 +82,8 @@ class SFTConfig:
     # multi-round warm start: a share of the examples look at their image and reflect (docs/sft.md)
     reflect: float = bounded(0.0, ge=0, le=1)
     flawed: float = bounded(0.5, ge=0, le=1)
+    own: float = bounded(0.0, ge=0, le=1)
+    own_pool: int = bounded(2000, ge=1)
     init: str = ""
     # model shape (ShapesConfig checks how the sizes fit together)
     hidden_size: int = bounded(192, ge=1)
@@ -144,14 +153,62 @@ class EpisodeBatch:
     trained: np.ndarray
 
 
+@dataclass
+class OwnDrawing:
+    """A first image the model drew itself from a right plan (``text``: ``<bos> prompt <think>
+    plan </think>``) and the turn it should write after looking (``<eos>``, or what the
+    verifier's detector finds wrong and the plan again); ``plan`` is the right plan."""
+
+    text: str
+    plan: Plan
+    image: np.ndarray
+    reflection: str
+
+
+@torch.no_grad()
+def own_drawings(model: ShapesModel, prompts: Sequence[Prompt], n: int, rng: np.random.Generator,
+                 exclude_pairs=(), steps: int = 20, batch_size: int = 128) -> list[OwnDrawing]:
+    """``n`` images the model draws (ODE, ``steps``) from right plans of random ``prompts``, each
+    with its grounded reflection. Kept: drawings the verifier passes and the detector finds
+    exactly planned (``<eos>``), and drawings the detector finds something wrong in (a
+    diagnosis); a failed drawing with every planned object found (a wrong cell, say) is left
+    out, its diagnosis would be empty."""
+    picks = [prompts[i] for i in rng.integers(len(prompts), size=n)]
+    plans = [canonical_plan(p, rng, exclude_pairs) for p in picks]
+    texts = [f"{BOS} {p.text} {format_reasoning(plan)}" for p, plan in zip(picks, plans)]
+    noise = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+    sigmas = model.sigma_schedule(steps)
+    was_training = model.training
+    model.eval()
+    images = []
+    for start in range(0, n, batch_size):
+        tokens = model.encode_texts(texts[start:start + batch_size])
+        x1 = torch.randn((tokens.ids.shape[0], *model.latent_shape), generator=noise).to(model.device)
+        traj = denoise(model, model.image_context(tokens.ids, tokens.mask), sigmas, 0.0, x1, None, record=False)
+        images.append(model.latents_to_images(traj.latents[:, -1]))
+    model.train(was_training)
+    images = torch.cat(images).numpy()
+    strict = score(images, picks, "strict")[0]
+    found = detect(images)
+    out = []
+    for j, (text, plan) in enumerate(zip(texts, plans)):
+        turn = reflection(seen_objects(found, j), plan)
+        if (turn == EOS) == bool(strict[j]):
+            out.append(OwnDrawing(text, plan, images[j], turn))
+    return out
+
+
 def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: int,
                        drop_reasoning: float, reflect: float, flawed: float, exclude_pairs=(),
-                       balance_categories: bool = True, image_size: int = 32) -> EpisodeBatch:
+                       balance_categories: bool = True, image_size: int = 32,
+                       own: float = 0.0, pool: Sequence[OwnDrawing] = ()) -> EpisodeBatch:
     """:func:`make_batch`'s examples, and with probability ``reflect`` an episode that looks at
     its first image: drawn right, the model ends it (``<eos>``); drawn flawed (probability
     ``flawed``: :func:`.reflect.flawed_plan` of the planned objects), it writes the
     diagnosis and the plan again, and a second, right image follows. The first turn's plan
-    is always the right one: a drawing that missed its plan is what RL's reflection meets."""
+    is always the right one: a drawing that missed its plan is what RL's reflection meets.
+    With probability ``own`` a reflecting example is one of the model's own drawings from
+    ``pool`` instead (:func:`own_drawings`), with the reflection the detector grounds."""
     base = make_batch(rng, prompts, batch_size, drop_reasoning, exclude_pairs, balance_categories, image_size)
     b = batch_size
     images = np.zeros((b, 2, image_size, image_size, 3), dtype=np.uint8)
@@ -163,9 +220,20 @@ def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batc
     texts = list(base.texts)
     looks = (rng.random(b) < reflect) & base.reasoning
     bad = rng.random(b) < flawed
+    mine = (rng.random(b) < own) & bool(len(pool))
     for i in range(b):
         slots[i] = len(texts[i].split())
         if not looks[i]:
+            continue
+        if mine[i]:  # the model's own first image: never a denoising target
+            drawing = pool[rng.integers(len(pool))]
+            texts[i], images[i, 0], trained[i, 0] = drawing.text, drawing.image, False
+            slots[i, 0] = len(drawing.text.split())
+            if drawing.reflection != EOS:
+                images[i, 1] = render_plans([drawing.plan], rng, image_size)[0]
+                present[i, 1] = trained[i, 1] = True
+            texts[i] = f"{texts[i]} {drawing.reflection}"
+            slots[i, 1] = len(texts[i].split())
             continue
         plan = extract_plan(texts[i])[0]
         if bad[i]:
@@ -312,6 +380,8 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
     start = time.perf_counter()
+    # the start model's own first images, drawn once, for grounded reflections
+    pool = own_drawings(model, split.train, cfg.own_pool, rng, split.heldout_pairs) if cfg.reflect and cfg.own else []
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
     with open(out / "train_log.jsonl", "w") as f:
         for step in bar:
@@ -323,7 +393,7 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
                 if cfg.reflect:
                     lm, flow = episode_losses(model, make_episode_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, cfg.reflect, cfg.flawed,
-                        split.heldout_pairs, cfg.balance_categories, model.config.image_size), gen)
+                        split.heldout_pairs, cfg.balance_categories, model.config.image_size, cfg.own, pool), gen)
                 else:
                     lm, flow = sft_losses(model, make_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
@@ -359,6 +429,9 @@ _HELP = {
     "threads": "torch threads (0: torch's default; 1 is fastest on a busy 2-core machine)",
     "reflect": "share of examples that look at their image and reflect (multi-round warm start; 0: off)",
     "flawed": "share of the reflecting examples whose first image is drawn wrong (diagnosis, then a redraw)",
+    "own": "share of the reflecting examples that are the start model's own drawings, with the reflection the "
+           "verifier's detector grounds",
+    "own_pool": "how many own drawings to sample at the start (ODE, 20 steps)",
     "init": "start from this checkpoint (a directory or builtin:NAME) instead of from scratch; the model "
             "shape flags are then ignored",
 }
