@@ -5,7 +5,9 @@ Every rank generates the *whole* job's rounds from one fixed seed and keeps its 
 so one process and N processes train on the same rounds and differ only in how the
 update is split and reduced. Writes the final weights to argv[1] (rank 0)."""
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,10 +45,16 @@ trainer_mod.generate_episodes = same_rounds_any_world
 out, run_dir, *overrides = sys.argv[1:]
 torch.set_num_threads(1)
 start = Path(run_dir).parent / "tiny-start"  # the config names it, so that unigrpo.export can rebuild the policy
-if not dist.is_initialized() or dist.get_rank() == 0:
-    tiny(0).save_pretrained(start)
-if dist.is_initialized():
-    dist.barrier()
+# the process group starts inside the Trainer: here torchrun's RANK says who writes, once per
+# directory (two writers of one manifest race), and the others wait for its manifest, written last
+if not (start / "manifest.json").exists():
+    if int(os.environ.get("RANK", "0")) == 0:
+        tiny(0).save_pretrained(start)
+    deadline = time.monotonic() + 120
+    while not (start / "manifest.json").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {os.environ.get('RANK')}: no {start / 'manifest.json'} after 120 s")
+        time.sleep(0.05)
 cfg = load_config(None, FAST + [f"train.output_dir={run_dir}", f"model.checkpoint={start}"] + overrides)
 t = Trainer(cfg, task=toy_task(), policy=tiny(0), progress=False, evaluate=False)
 t.fit()
