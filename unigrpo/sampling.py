@@ -86,10 +86,7 @@ def generate_reasoning(policy: UnifiedPolicy, ids: Tensor, mask: Tensor, *, max_
     if images is None:
         def prefill(n=None):
             return policy.prefill(ids, mask.bool(), max_new_tokens=n)
-    else:
-        if not policy.supports_interleaved:
-            raise NotImplementedError(policy._no_interleaving())
-
+    else:  # a policy without interleaving raises its own clear error here
         def prefill(n=None):
             return policy.interleaved_prefill(ids, mask.bool(), images, max_new_tokens=n)
     if cuda_graph and ids.is_cuda and policy.supports_static_decode:

@@ -143,3 +143,18 @@ def test_own_drawings_carry_the_reflection_the_detector_grounds():
     for text, present, trained in zip(b.texts, b.present, b.trained):
         assert any(text.startswith(t) for t in texts) and not trained[0]  # own drawings are never targets
         assert present[1] == (not text.endswith("<eos>"))
+
+
+def test_reflect_task_evaluates_two_rounds_and_shapes_one():
+    from unigrpo.shapes.model import ShapesConfig, ShapesModel
+    from unigrpo.shapes.task import ShapesReflectTask, ShapesTask
+    from unigrpo.task import TaskConfig
+
+    torch.manual_seed(0)
+    model = ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=48, timestep_embed_dim=16)).eval()
+    small = dict(eval_size=1, eval_steps=2)
+    looked = ShapesReflectTask(TaskConfig(name="shapes-reflect", **small)).evaluate(model, None)
+    assert 0 <= looked["first_image_overall"] <= 1 and 1 <= looked["rounds_used"] <= 2
+    plain = ShapesTask(TaskConfig(name="shapes", **small)).evaluate(model, None)
+    assert "first_image_overall" not in plain and "rounds_used" not in plain and "overall" in plain

@@ -106,7 +106,7 @@ def play_episodes(policy: UnifiedPolicy, prompt: TokenBatch, max_rounds: int,
     end_ids = torch.tensor(policy.end_of_episode_token_ids, dtype=torch.long, device=dev)
     for r in range(max_rounds):
         rows = live.nonzero()[:, 0]
-        looked = None if r == 0 else (seen if rows.numel() == b else seen.select(rows))
+        looked = None if r == 0 else _rows_of(seen, rows)
         turn = write(*text.rows(rows), looked)
         text.append(rows, turn)
         if r > 0:  # after looking, a turn that ends on an end-of-episode token draws nothing
@@ -117,7 +117,7 @@ def play_episodes(policy: UnifiedPolicy, prompt: TokenBatch, max_rounds: int,
                 break
         ids, mask = text.rows(rows)
         ctx = (policy.image_context(ids, mask) if r == 0 else
-               policy.interleaved_image_context(ids, mask, seen if rows.numel() == b else seen.select(rows)))
+               policy.interleaved_image_context(ids, mask, _rows_of(seen, rows)))
         traj = draw(r, rows, ctx)
         trajectories.append((rows, traj))
         live = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -129,3 +129,8 @@ def play_episodes(policy: UnifiedPolicy, prompt: TokenBatch, max_rounds: int,
         seen = seen.append(torch.zeros((b, *policy.latent_shape), device=dev), text.length(),
                            torch.zeros(b, dtype=torch.bool, device=dev))
     return Episodes(text, seen, trajectories)
+
+
+def _rows_of(seen: SeenImages, rows: Tensor) -> SeenImages:
+    """``rows`` of ``seen``; no copy when they are all of them, in order (the rows of a round)."""
+    return seen if rows.numel() == seen.present.shape[0] else seen.select(rows)

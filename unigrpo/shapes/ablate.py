@@ -4,8 +4,8 @@
 
 joint vs text-only vs image-only training; velocity-MSE vs latent-KL vs no
 penalty; no-CFG vs CFG rollouts; with ``task=shapes-reflect``, two-round vs
-single-round training of the same model (and the images per episode before and after). Writes ``ablations.md`` (and .json): held-out
-accuracy (ODE, strict), wall time, and a measure of reward hacking the reward
+single-round training of the same model (and the images per episode before and
+after). Writes ``ablations.md`` (and .json): held-out accuracy (ODE, strict), wall time, and a measure of reward hacking the reward
 does not see — the drift of the images from the reference policy's, drawn
 from the same bare prompts and the same noise (mean absolute pixel difference,
 0-255; a policy that games the verifier moves its images far from the

@@ -37,6 +37,8 @@ def verifier_reward(mode: str = "strict") -> RewardFn:
 
 class ShapesTask(Task):
     name = "shapes"
+    #: images per held-out episode at most (evaluation's ``max_rounds``)
+    eval_rounds = 1
 
     def __init__(self, cfg: TaskConfig | None = None) -> None:
         super().__init__(cfg)
@@ -72,10 +74,12 @@ class ShapesTask(Task):
         res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
                                   images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
                                   temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
-                                  batch_size=c.eval_batch_size,
+                                  batch_size=c.eval_batch_size, max_rounds=self.eval_rounds,
                                   grid_per_category=2), policy)
         table = res["modes"]["reasoning"]
-        return {"overall": table["overall"], **table["per_category"]}
+        looked = {"first_image_overall": table["first_image_overall"],
+                  "rounds_used": table["rounds_used_mean"]} if self.eval_rounds > 1 else {}
+        return {"overall": table["overall"], **looked, **table["per_category"]}
 
 
 class ShapesReflectTask(ShapesTask):
@@ -89,25 +93,13 @@ class ShapesReflectTask(ShapesTask):
 
     name = "shapes-reflect"
     config_defaults = {"rollout.max_rounds": "2", "model.checkpoint": "builtin:shapes-reflect-sft"}
+    eval_rounds = 2
 
-    def batch_metrics(self, batch) -> dict[str, float]:
+    def batch_metrics(self, batch) -> dict[str, float]:  # the trainer logs rollout/rounds_used itself
         from .model import latents_to_uint8
 
         out = super().batch_metrics(batch)
         first = verifier.score(latents_to_uint8(batch.latents[:, 0, -1]).numpy(), list(batch.metadata),
                                mode="strict")[0]
         out["accuracy/first_image"] = float(first.mean())
-        out["rollout/rounds_used"] = float(batch.rounds_used.float().mean())
         return out
-
-    def evaluate(self, policy: UnifiedPolicy, out_dir: str | Path | None) -> dict[str, float]:
-        from .eval import EvalConfig, evaluate
-
-        c = self.cfg
-        res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
-                                  images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
-                                  temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
-                                  batch_size=c.eval_batch_size, max_rounds=2, grid_per_category=2), policy)
-        table = res["modes"]["reasoning"]
-        return {"overall": table["overall"], "first_image_overall": table["first_image_overall"],
-                "rounds_used": table["rounds_used_mean"], **table["per_category"]}

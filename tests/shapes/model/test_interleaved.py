@@ -42,7 +42,8 @@ def test_no_images_is_the_single_round_model(model, batch):
         # an image at the end: its context is the single-round one, and the text is unchanged
         x = torch.randn(b, 3, 32, 32)
         sigma = torch.tensor([0.9, 0.5, 0.1])
-        at_end = SeenImages(torch.zeros(b, 1, 3, 32, 32), torch.full((b, 1), length), torch.ones(b, 1, dtype=torch.bool))
+        at_end = SeenImages(torch.zeros(b, 1, 3, 32, 32), torch.full((b, 1), length),
+                            torch.ones(b, 1, dtype=torch.bool))
         hidden_e, ctx = model.interleaved_contexts(tb.ids, tb.mask, at_end)
         torch.testing.assert_close(hidden_e[:, :-1], hidden[:, :-1], rtol=1e-5, atol=1e-5)
         v = model.velocity(x, sigma, ctx)
@@ -98,8 +99,9 @@ def test_each_image_sees_its_prefix_only_and_rows_are_independent(model):
             h_i, ctx_i = model.interleaved_contexts(alone.ids, alone.mask, img)
             torch.testing.assert_close(h_i[0, :-1], hidden[i, pad:-1], rtol=1e-4, atol=1e-5)
             if present[i, 1]:
-                v_i = model.velocity(x[2 * i + 1:2 * i + 2], sigma[2 * i + 1:2 * i + 2], ctx_i.select(torch.tensor([1])))
-                torch.testing.assert_close(v_i, v[2 * i + 1:2 * i + 2], rtol=1e-5, atol=1e-5)
+                one = slice(2 * i + 1, 2 * i + 2)
+                v_i = model.velocity(x[one], sigma[one], ctx_i.select(torch.tensor([1])))
+                torch.testing.assert_close(v_i, v[one], rtol=1e-5, atol=1e-5)
         # the second image depends on the first (it attends to it); the first does not depend on the second
         other = SeenImages(two.latents.flip(1), two.slots, two.present)
         _, ctx_o = model.interleaved_contexts(full.ids, full.mask, other)

@@ -139,6 +139,5 @@ def pack_interleaved(model, ids: Tensor, mask: Tensor, images: SeenImages) -> Pa
     same_image = (block_id[:, :, None] == block_id[:, None, :]) & (block_id[:, :, None] >= 0)
     attend = ((causal[None] | same_image) & real[:, None, :]) | torch.eye(packed_len, dtype=torch.bool, device=dev)
     last = torch.where(real, q[None], -1).amax(1).clamp_min(0)
-    marker_index = block_start.clamp_max(packed_len - 1) if r else block_start
-    marker_index = torch.where(present, marker_index, last[:, None]) if r else marker_index
+    marker_index = torch.where(present, block_start, last[:, None])  # absent images: any real position
     return PackedSequence(embeds, is_image, real, positions, attend[:, None], text_at[:, 1:] - 1, marker_index, last)
