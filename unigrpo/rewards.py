@@ -1,7 +1,10 @@
 """Terminal rewards: any callable ``(images, prompts, metadata) -> scores``.
 
-images: uint8 (B, H, W, 3) tensor; prompts: B prompt strings; metadata: B
-per-round objects (whatever the task attached, e.g. the prompt's constraints).
+images: uint8 (B, H, W, 3) tensor of the final images; prompts: B prompt strings;
+metadata: B per-episode objects (whatever the task attached, e.g. the prompt's
+constraints). A reward that judges more than the final image (an edit against the
+scene it edits) takes a keyword argument ``episode`` and gets every image of each
+episode as :class:`EpisodeImages`.
 Several rewards combine with weights; each component is kept for logging. A
 reward that raises, or returns NaN or the wrong shape, is reported with the
 prompt that caused it, never swallowed.
@@ -21,8 +24,8 @@ from .registry import Registry
 
 RewardFn = Callable[[Tensor, Sequence[str], Sequence[Any]], Any]
 
-__all__ = ["RewardFn", "RewardError", "NonFiniteRewardError", "WeightedRewards", "RewardResult", "REWARDS",
-           "rewards_from_spec"]
+__all__ = ["RewardFn", "EpisodeImages", "RewardError", "NonFiniteRewardError", "WeightedRewards", "RewardResult",
+           "REWARDS", "rewards_from_spec"]
 
 
 class RewardError(RuntimeError):
@@ -31,6 +34,28 @@ class RewardError(RuntimeError):
 
 class NonFiniteRewardError(RewardError):
     """A reward returned NaN or inf (the trainer skips such an iteration and counts it)."""
+
+
+@dataclass
+class EpisodeImages:
+    """Every image of each episode: ``images`` uint8 (B, R, H, W, 3), image r of episode b at
+    ``[b, r]`` (zeros where ``present[b, r]`` is False: the episode ended before it);
+    ``present`` bool (B, R). Each row's present images come first, its final image last."""
+
+    images: Tensor
+    present: Tensor
+
+    @classmethod
+    def single(cls, images: Tensor) -> EpisodeImages:
+        """One image per episode."""
+        return cls(images[:, None], torch.ones(images.shape[0], 1, dtype=torch.bool))
+
+
+def _takes_episode(fn: Callable) -> bool:
+    try:
+        return "episode" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature takes the plain arguments
+        return False
 
 
 @dataclass
@@ -61,8 +86,17 @@ class WeightedRewards:
             if not np.isfinite(weight):
                 raise ValueError(f"reward {name!r} has a non-finite weight {weight}")
         self.rewards = list(rewards)
+        self._episode = {name: _takes_episode(fn) for name, fn, _ in self.rewards}
 
-    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any]) -> RewardResult:
+    @property
+    def wants_episode(self) -> bool:
+        """Whether any reward judges every image of an episode (so rollouts collect them)."""
+        return any(self._episode.values())
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[Any],
+                 episode: EpisodeImages | None = None) -> RewardResult:
+        """Score B final ``images``; ``episode``: every image of each episode, for the rewards
+        that take it (default: the final images as one-image episodes)."""
         b = images.shape[0]
         if len(prompts) != b or len(metadata) != b:
             raise ValueError(f"{b} images but {len(prompts)} prompts and {len(metadata)} metadata entries")
@@ -70,7 +104,11 @@ class WeightedRewards:
         components, details = {}, {}
         for name, fn, weight in self.rewards:
             try:
-                out = fn(images, prompts, metadata)
+                if self._episode[name]:
+                    out = fn(images, prompts, metadata, episode=EpisodeImages.single(images) if episode is None
+                             else episode)
+                else:
+                    out = fn(images, prompts, metadata)
             except Exception as e:
                 raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} "
                                   f"(batch of {b}; first prompt: {prompts[0]!r})") from e

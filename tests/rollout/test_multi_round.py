@@ -126,6 +126,30 @@ def test_extra_round_cost_is_taken_off_the_reward():
     torch.testing.assert_close(paid.rewards, free.rewards - 0.25 * (free.rounds_used - 1).float())
 
 
+def test_rewards_that_take_the_episode_see_every_image_it_drew():
+    torch.manual_seed(0)
+    policy = EndsOddRows(tiny().config).eval()
+    torch.nn.init.normal_(policy.velocity_head.weight, std=0.2)
+    seen = {}
+
+    def first_image(images, prompts, metadata, episode):
+        seen["episode"] = episode
+        return episode.images[:, 0].float().mean(dim=(1, 2, 3))
+
+    cfg = RolloutConfig(num_generations=4, max_reasoning_tokens=5, num_inference_steps=3, max_rounds=2,
+                        temperature=1.5)
+    b = generate_episodes(policy, PROMPTS[:3], PROMPTS[:3], WeightedRewards([("first", first_image, 1.0)]), cfg,
+                          torch.Generator().manual_seed(2))
+    ep = seen["episode"]
+    assert torch.equal(ep.present, b.image_present) and torch.equal(ep.present[:, 1], torch.arange(len(b)) % 2 == 0)
+    for r in range(2):
+        rows = b.image_present[:, r]
+        assert torch.equal(ep.images[rows, r], policy.latents_to_images(b.latents[rows, r, -1]))
+        assert not ep.images[~rows, r].any()
+    last = b.rounds_used - 1
+    assert torch.equal(ep.images[torch.arange(len(b)), last], b.images)
+
+
 def test_evaluation_episodes_pair_round_one_with_single_round_sampling():
     from unigrpo.rollout import sample_episodes, sample_images
 

@@ -30,9 +30,12 @@ def test_every_variant_runs_and_reports(tmp_path):
     assert table.count("\n|") == len(VARIANTS) + 2 and "text-only" in table and " -> " in table
 
 
-def test_multi_round_tasks_get_the_images_per_episode_column():
+def test_multi_round_tasks_get_the_first_image_rounds_and_editing_columns():
     row = {"variant": "joint (UniGRPO)", "heldout_before": 0.1, "heldout_after": 0.2, "train_reward_first": 0.1,
-           "train_reward_final": 0.3, "image_drift": 1.0, "wall_s": 2.0, "rounds_before": 1.5, "rounds_after": 1.25}
+           "train_reward_final": 0.3, "image_drift": 1.0, "wall_s": 2.0, "rounds_before": 1.5, "rounds_after": 1.25,
+           "first_before": 0.4, "first_after": 0.45, "editing_before": 0.125, "editing_after": 0.25}
     table = to_markdown([row, {**row, "variant": "single-round training"}], "1 iteration")
     assert "images per episode" in table and table.count("1.5 -> 1.25") == 2
-    assert "images per episode" not in to_markdown([{**row, "rounds_before": None, "rounds_after": None}], "b")
+    assert table.count("0.4 -> 0.45") == 2 and table.count("0.125 -> 0.25") == 2 and "editing, before" in table
+    single = {k: v for k, v in row.items() if not k.startswith(("rounds_", "first_", "editing_"))}
+    assert "images per episode" not in to_markdown([single], "b") and "editing" not in to_markdown([single], "b")

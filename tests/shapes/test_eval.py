@@ -41,6 +41,11 @@ def test_eval_cli_writes_table_json_png(tmp_path, capsys):
         assert img.format == "PNG" and img.size[0] > 100
 
 
+def test_eval_cli_takes_builtin_checkpoint_names(capsys):
+    assert main(["--checkpoint", "builtin:nope"]) == 2
+    assert "--checkpoint 'builtin:nope': unknown; built in: builtin:shapes-sft" in capsys.readouterr().err
+
+
 def test_sampling_repeats_exactly(tmp_path):
     m = _tiny_checkpoint(tmp_path / "ckpt").eval()
     texts = ["a red circle", "two squares the color of grass"]

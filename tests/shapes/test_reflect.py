@@ -2,11 +2,14 @@
 flawed first images, the interleaved warm start's examples and losses, the
 ``shapes-reflect`` task and its evaluation."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
 from unigrpo.shapes import make_split
+from unigrpo.shapes.edits import EDIT_KINDS, EditPrompt
 from unigrpo.shapes.plan import extract_plan, parse_plan
 from unigrpo.shapes.reflect import diagnose, flawed_plan, reflection
 from unigrpo.shapes.sft import (SFTConfig, build_model, episode_losses, make_batch, make_episode_batch,
@@ -116,10 +119,14 @@ def test_reflect_evaluation_reports_first_and_final_images(tmp_path, rounds):
     model = ShapesModel(ShapesConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                      num_key_value_heads=2, intermediate_size=48, timestep_embed_dim=16)).eval()
     res = evaluate(EvalConfig(out=str(tmp_path), steps=2, images_per_category=1, max_new_tokens=4,
-                              max_rounds=rounds, grid_per_category=1), model)
+                              max_rounds=rounds, grid_per_category=1, edits_per_kind=2), model)
     table = res["modes"]["reasoning"]
     assert 0 <= table["first_image_overall"] <= 1 and 1 <= table["rounds_used_mean"] <= rounds
     assert (tmp_path / "samples_rounds.png").exists() and "first image" in format_table(res)
+    edits = res["editing"]
+    assert set(edits["per_kind"]) == {f"edit_{k}" for k in EDIT_KINDS} and len(edits["samples"]) == 8
+    assert 0 <= edits["overall"] <= 1 and 1 <= edits["rounds_used_mean"] <= rounds
+    assert (tmp_path / "samples_edits.png").exists() and "editing" in format_table(res)
 
 
 def test_own_drawings_carry_the_reflection_the_detector_grounds():
@@ -156,5 +163,32 @@ def test_reflect_task_evaluates_two_rounds_and_shapes_one():
     small = dict(eval_size=1, eval_steps=2)
     looked = ShapesReflectTask(TaskConfig(name="shapes-reflect", **small)).evaluate(model, None)
     assert 0 <= looked["first_image_overall"] <= 1 and 1 <= looked["rounds_used"] <= 2
+    assert 0 <= looked["editing_overall"] <= 1 and all(f"edit_{k}" in looked for k in EDIT_KINDS)
     plain = ShapesTask(TaskConfig(name="shapes", **small)).evaluate(model, None)
     assert "first_image_overall" not in plain and "rounds_used" not in plain and "overall" in plain
+    assert "editing_overall" not in plain
+
+
+def test_reflect_task_trains_on_shapes_and_a_third_as_many_edits():
+    from unigrpo.shapes.task import ShapesReflectTask, ShapesTask
+    from unigrpo.task import TaskConfig
+
+    shapes = ShapesTask(TaskConfig(name="shapes")).train_prompts()
+    task = ShapesReflectTask(TaskConfig(name="shapes-reflect"))
+    prompts = task.train_prompts()
+    edits = [p.metadata for p in prompts if isinstance(p.metadata, EditPrompt)]
+    assert prompts[:len(shapes)] == shapes and len(prompts) == len(shapes) + len(edits)
+    counts = Counter(p.edit.kind for p in edits)
+    assert set(counts) == set(EDIT_KINDS) and len(set(counts.values())) == 1
+    assert sum(counts.values()) == pytest.approx(len(shapes) / 3, abs=4)
+    held = {p.text for p in task.heldout_prompts()}
+    assert not held & {p.text for p in prompts} and any("then" in t.split() for t in held)
+    assert [p.text for p in ShapesReflectTask(TaskConfig(name="shapes-reflect")).train_prompts()] == \
+        [p.text for p in prompts]  # seeded
+
+
+def test_edit_evaluation_needs_two_rounds():
+    from unigrpo.shapes.eval import EvalConfig
+
+    with pytest.raises(ValueError, match="--edits-per-kind 2 needs --max-rounds >= 2"):
+        EvalConfig(edits_per_kind=2, max_rounds=1).validate()

@@ -74,6 +74,18 @@ def test_cli(tmp_path, capsys):
     assert err == "python -m unigrpo.sft: error: --lr must be > 0, got 0.0"
 
 
+def test_cli_multi_round_warm_start_with_edits(tmp_path, capsys):
+    args = ["--out", str(tmp_path / "edits"), "--steps", "2", "--no-progress", "--reflect", "1", "--edit", "0.5",
+            "--batch-size", "8"]
+    for k, v in TINY.items():
+        if k not in ("progress", "batch_size"):
+            args += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "edits" / "sft_config.json").read_text())["edit"] == 0.5
+    assert main(["--out", str(tmp_path / "bad"), "--edit", "2"]) == 2
+    assert "--edit must be in [0, 1], got 2.0" in capsys.readouterr().err
+
+
 def test_param_groups_split_text_and_image():
     from unigrpo.shapes.sft import build_model, param_groups
 

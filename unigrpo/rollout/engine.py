@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..policy import UnifiedPolicy
-from ..rewards import WeightedRewards
+from ..rewards import EpisodeImages, WeightedRewards
 from ..sampling import generate_reasoning
 from .batch import RolloutBatch
 from .config import RolloutConfig
@@ -101,7 +101,11 @@ def generate_episodes(policy: UnifiedPolicy, prompts: Sequence[str], metadata: S
             step_noise[rows, r] = eps.transpose(0, 1)
     present = ep.images.present
     images = policy.latents_to_images(ep.final_latents())
-    reward = rewards(images.cpu(), texts, meta)
+    episode = None
+    if rewards.wants_episode and rounds > 1:  # every image, for rewards that judge more than the last
+        each = torch.stack([policy.latents_to_images(ep.images.latents[:, r]).cpu() for r in range(rounds)], 1)
+        episode = EpisodeImages(each * present.cpu()[:, :, None, None, None], present.cpu())
+    reward = rewards(images.cpu(), texts, meta, episode)
     total = reward.total
     if cfg.extra_round_cost:
         total = total - cfg.extra_round_cost * (ep.rounds_used - 1).to(total)

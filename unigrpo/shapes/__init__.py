@@ -11,7 +11,9 @@ Modules: :mod:`.vocab` (words, palette, vocabulary), :mod:`.knowledge`
 (riddle facts), :mod:`.spec` (constraint dataclasses), :mod:`.prompts`
 (categories, prompt universe), :mod:`.split` (train / held-out),
 :mod:`.plan` (plans: serialise, parse, canonical plan), :mod:`.render`
-(plan -> image), :mod:`.segment` (detection), :mod:`.verifier` (reward).
+(plan -> image), :mod:`.segment` (detection), :mod:`.verifier` (reward);
+multi-round: :mod:`.reflect` (what the model writes after looking), :mod:`.edits`
+(editing prompts and their whole-episode verdict).
 """
 
 from .plan import (Plan, PlanObject, PlanParseError, canonical_plan, extract_plan,

@@ -88,29 +88,35 @@ def run_variant(name: str, overrides: list[str], base: list[str], out: Path, dri
             "eval_before": {k: v for k, v in evals[0].items() if k != "iteration"} if evals else None,
             "heldout_before": evals[0]["eval/overall"] if evals else None,
             "heldout_after": evals[-1]["eval/overall"] if evals else None,
-            # multi-round tasks: images per held-out episode, before and after
-            "rounds_before": evals[0].get("eval/rounds_used") if evals else None,
-            "rounds_after": evals[-1].get("eval/rounds_used") if evals else None,
+            # multi-round tasks: first-image accuracy, images per episode and editing, before and after
+            **{f"{key}_{when}": evals[i].get(f"eval/{metric}") if evals else None
+               for key, (metric, _) in MULTI_ROUND_COLUMNS.items() for when, i in (("before", 0), ("after", -1))},
             "train_reward_last": next((h["reward/mean"] for h in reversed(history) if "reward/mean" in h), None),
             **_reward_trend(history),
             "image_drift": image_drift(trainer.policy, trainer.ref, drift_texts, cfg.task.eval_steps)}
+
+
+#: the held-out metrics a multi-round task adds (row key: (eval metric, column header))
+MULTI_ROUND_COLUMNS = {"first": ("first_image_overall", "first image"),
+                       "rounds": ("rounds_used", "images per episode"),
+                       "editing": ("editing_overall", "editing")}
 
 
 def to_markdown(rows: list[dict], budget: str) -> str:
     def f(x, pct=False):
         return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.3g}")
 
-    rounds = any(r.get("rounds_before") is not None for r in rows)
+    extra = [k for k in MULTI_ROUND_COLUMNS if any(r.get(f"{k}_before") is not None for r in rows)]
     lines = [f"Budget per variant: {budget}.", "",
              "| variant | held-out acc. before | after | train reward, first -> last quarter "
              "| image drift vs reference (0-255) | training wall time (s) |"
-             + (" images per episode, before -> after |" if rounds else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if rounds else "")]
+             + "".join(f" {MULTI_ROUND_COLUMNS[k][1]}, before -> after |" for k in extra),
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra)]
     for r in rows:
         lines.append(f"| {r['variant']} | {f(r['heldout_before'], True)} | {f(r['heldout_after'], True)} | "
                      f"{f(r.get('train_reward_first'))} -> {f(r.get('train_reward_final'))} | "
                      f"{f(r['image_drift'])} | {r['wall_s']:.1f} |"
-                     + (f" {f(r.get('rounds_before'))} -> {f(r.get('rounds_after'))} |" if rounds else ""))
+                     + "".join(f" {f(r.get(f'{k}_before'))} -> {f(r.get(f'{k}_after'))} |" for k in extra))
     return "\n".join(lines) + "\n"
 
 

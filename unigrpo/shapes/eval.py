@@ -16,6 +16,12 @@ per category, GenEval overall = mean over categories), writes
 the "reasoning helps" comparison::
 
     python -m unigrpo.eval --both            # the shipped SFT checkpoint
+
+``--max-rounds 2`` lets the model look at its image and redraw (the final image is
+scored, and the first image of the same episodes beside it); ``--edits-per-kind N`` adds
+N held-out editing episodes of each kind (:mod:`.edits`), judged as a whole::
+
+    python -m unigrpo.eval --checkpoint builtin:shapes-reflect-sft --both --max-rounds 2 --edits-per-kind 24
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from ..rollout.inference import sample_episodes
 from ..train.checkpointing import resolve_policy_dir
 from . import (CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, Prompt, extract_plan, make_split,
                plan_satisfies, score)
-from .model import SFT_CHECKPOINT, ShapesModel
+from .edits import EDIT_CATEGORIES, edit_split, score_edits
+from .model import BUILTIN_CHECKPOINTS, SFT_CHECKPOINT, ShapesModel
 from .vocab import END_THINK, THINK
 
 __all__ = ["EvalConfig", "select_prompts", "evaluate", "format_table", "main", "DEFAULT_CHECKPOINT"]
@@ -69,6 +76,7 @@ class EvalConfig:
     batch_size: int = bounded(128, ge=1)
     grid_per_category: int = bounded(3, ge=0)
     max_rounds: int = bounded(1, ge=1, help="images per episode with reasoning: > 1 looks, reflects and redraws")
+    edits_per_kind: int = bounded(0, ge=0, help="editing episodes per edit kind (needs --max-rounds >= 2; 0: none)")
     threads: int = bounded(0, ge=0, help="torch threads (0: torch's default)")
 
     def validate(self) -> None:
@@ -78,23 +86,31 @@ class EvalConfig:
                 raise ValueError(f"mode must be one of {MODES}, got {m!r}")
         if self.split not in ("heldout", "train"):
             raise ValueError(f"--split must be 'heldout' or 'train', got {self.split!r}")
+        if self.edits_per_kind and (self.max_rounds < 2 or "reasoning" not in self.modes):
+            raise ValueError(f"--edits-per-kind {self.edits_per_kind} needs --max-rounds >= 2 with reasoning (an "
+                             f"edit is drawn in two images), got --max-rounds {self.max_rounds}")
 
 
 def load_checkpoint(path: str | Path) -> tuple[ShapesModel, str]:
-    """The policy a run, checkpoint, ``policy/`` or model directory holds, verified,
-    and a phrase saying which directory was used."""
+    """The policy a run, checkpoint, ``policy/`` or model directory holds, verified (or a
+    built-in one, ``builtin:NAME``), and a phrase saying which directory was used."""
+    if str(path).startswith("builtin:"):
+        if path not in BUILTIN_CHECKPOINTS:
+            raise ValueError(f"--checkpoint {path!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
+        return ShapesModel.from_pretrained(BUILTIN_CHECKPOINTS[path]), str(path)
     policy_dir, which = resolve_policy_dir(path)
     return ShapesModel.from_pretrained(policy_dir), which
 
 
-def select_prompts(prompts: Sequence[Prompt], per_category: int, seed: int = 0) -> list[Prompt]:
-    """``per_category`` prompts of every category present, in a seeded order,
+def select_prompts(prompts: Sequence[Prompt], per_category: int, seed: int = 0,
+                   categories: Sequence[str] = CATEGORIES) -> list[Prompt]:
+    """``per_category`` prompts of every category of ``categories`` present, in a seeded order,
     cycling through a category's prompts when it has fewer (so a 1-prompt
     category is judged on ``per_category`` samples, as GenEval samples 4 per
     prompt).  Deterministic."""
     rng = np.random.default_rng(seed)
     out: list[Prompt] = []
-    for cat in CATEGORIES:
+    for cat in categories:
         pool = [p for p in prompts if p.category == cat]
         if not pool:
             continue
@@ -153,29 +169,59 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
                 first = score(episodes.round_images[:, 0], prompts, "strict")[0]
                 table["first_image_overall"] = _accuracy_table(cats, first)["overall"]
                 table["rounds_used_mean"] = float(episodes.rounds_used.float().mean())
-                grids["rounds"] = (episodes, strict)
+                grids["rounds"] = (episodes, strict, texts, cats)
         table["seconds"] = time.perf_counter() - t0
         table["samples"] = [{"prompt": p.text, "category": p.category, "reasoning": r, "strict": float(s),
                              "shaped": float(sh), "plan_ok": ok if mode == "reasoning" else None}
                             for p, r, s, sh, ok in zip(prompts, reasonings, strict, shaped, plan_ok)]
         results["modes"][mode] = table
         grids[mode] = (images, strict)
+    if cfg.edits_per_kind:
+        results["editing"], grids["edits"] = _evaluate_edits(cfg, policy, split)
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
         pick = _grid_indices(cats, cfg.grid_per_category)
-        for mode, (images, strict) in grids.items():
-            if mode == "rounds":  # image 1 beside image 2, captioned with the reflection between them
-                ep = images
-                tiles = ep.round_images[pick].flatten(0, 1)
-                caps = [c for i in pick for c in (f"{texts[i]}", f"[{'ok' if strict[i] else 'x'}] "
+        for mode, grid in grids.items():
+            if mode in ("rounds", "edits"):  # image 1 beside image 2, captioned with the reflection between them
+                ep, strict, shown, shown_cats = grid
+                rows = _grid_indices(shown_cats, cfg.grid_per_category,
+                                     EDIT_CATEGORIES if mode == "edits" else CATEGORIES)
+                caps = [c for i in rows for c in (f"{shown[i]}", f"[{'ok' if strict[i] else 'x'}] "
                                                   f"{_after_looking(ep.texts[i])}")]
-                save_image_grid(out / "samples_rounds.png", tiles, caps, cols=6)
+                save_image_grid(out / f"samples_{mode}.png", ep.round_images[rows].flatten(0, 1), caps, cols=6)
                 continue
+            images, strict = grid
             caps = [f"[{'ok' if strict[i] else 'x'}] {texts[i]}" for i in pick]
             save_image_grid(out / f"samples_{mode}.png", images[pick], caps, cols=6)
     return results
+
+
+def _evaluate_edits(cfg: EvalConfig, policy: UnifiedPolicy, split) -> tuple[dict, tuple]:
+    """Editing episodes (``cfg.edits_per_kind`` of each kind, from the split's part), judged
+    whole by :func:`.edits.score_edits`: results and what the grid needs."""
+    t0 = time.perf_counter()
+    train, held = edit_split(split)
+    prompts = select_prompts(held if cfg.split == "heldout" else train, cfg.edits_per_kind, cfg.seed,
+                             EDIT_CATEGORIES)
+    texts, cats = [p.text for p in prompts], [p.category for p in prompts]
+    ep = sample_episodes(policy, texts, max_rounds=cfg.max_rounds, steps=cfg.steps, temperature=cfg.temperature,
+                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
+                         guidance_scale=cfg.guidance_scale)
+    judged = score_edits(ep.round_images[:, 0], ep.images, (ep.rounds_used >= 2).numpy(), prompts)
+    per = {c: float(judged.strict[[i for i, k in enumerate(cats) if k == c]].mean()) for c in EDIT_CATEGORIES
+           if c in cats}
+    two = (ep.rounds_used >= 2).numpy()
+    table = {"per_kind": per, "overall": float(np.mean(list(per.values()))),
+             "scene_right": float(judged.before.mean()), "edited_right": float(judged.after[two].mean()) if two.any()
+             else 0.0, "kept": float(judged.kept[two].mean()) if two.any() else 0.0,
+             "rounds_used_mean": float(ep.rounds_used.float().mean()), "seconds": time.perf_counter() - t0,
+             "samples": [{"prompt": t, "category": c, "reasoning": r, "strict": float(s), "scene": float(b),
+                          "edited": float(a), "kept": float(k)}
+                         for t, c, r, s, b, a, k in zip(texts, cats, ep.texts, judged.strict, judged.before,
+                                                        judged.after, judged.kept)]}
+    return table, (ep, judged.strict, texts, cats)
 
 
 def _after_looking(text: str) -> str:
@@ -184,9 +230,9 @@ def _after_looking(text: str) -> str:
     return " ".join(words[words.index(END_THINK) + 1:]) if END_THINK in words else ""
 
 
-def _grid_indices(cats: list[str], per_category: int) -> list[int]:
+def _grid_indices(cats: list[str], per_category: int, categories: Sequence[str] = CATEGORIES) -> list[int]:
     out = []
-    for c in CATEGORIES:
+    for c in categories:
         out += [i for i, k in enumerate(cats) if k == c][:per_category]
     return out
 
@@ -218,6 +264,14 @@ def format_table(results: dict) -> str:
                 f"{looked['first_image_overall']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
             lines.append(f"{'rounds used':<16}{'':>5}" + "".join(
                 f"{looked['rounds_used_mean']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
+    if "editing" in results:
+        ed = results["editing"]
+        n = {c: sum(1 for s in ed["samples"] if s["category"] == c) for c in ed["per_kind"]}
+        lines.append("-" * len(head))
+        lines += [f"{c:<16}{n[c]:>5}{v:>15.3f}" for c, v in ed["per_kind"].items()]
+        lines.append(f"{'editing':<16}{'':>5}{ed['overall']:>15.3f}   (scene right {ed['scene_right']:.3f}, "
+                     f"edit right {ed['edited_right']:.3f} and rest kept {ed['kept']:.3f} of two-image "
+                     f"episodes, {ed['rounds_used_mean']:.2f} images per episode)")
     return "\n".join(lines)
 
 
@@ -230,15 +284,15 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=d.checkpoint,
-                   help="a model directory, a training run (its latest checkpoint), a checkpoint-* directory "
-                        "or the policy/ in one")
+                   help="a model directory, a training run (its latest checkpoint), a checkpoint-* directory, "
+                        "the policy/ in one, or builtin:shapes-sft / builtin:shapes-reflect-sft")
     p.add_argument("--out", default=None, help="directory for results.json and samples_<mode>.png")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-reasoning", action="store_true", help="draw from the bare prompt (reasoning left out)")
     g.add_argument("--both", action="store_true", help="run with and without reasoning, paired")
     p.add_argument("--split", choices=("heldout", "train"), default=d.split)
     add_flags(p, d, ["steps", "images_per_category", "split_seed", "seed", "temperature", "guidance_scale",
-                     "max_new_tokens", "batch_size", "threads", "max_rounds"])
+                     "max_new_tokens", "batch_size", "threads", "max_rounds", "edits_per_kind"])
     return p
 
 
@@ -248,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = EvalConfig(checkpoint=a.checkpoint, out=a.out, steps=a.steps, modes=modes,
                      images_per_category=a.images_per_category, split=a.split, split_seed=a.split_seed, seed=a.seed,
                      temperature=a.temperature, guidance_scale=a.guidance_scale, max_new_tokens=a.max_new_tokens,
-                     batch_size=a.batch_size, threads=a.threads, max_rounds=a.max_rounds)
+                     batch_size=a.batch_size, threads=a.threads, max_rounds=a.max_rounds,
+                     edits_per_kind=a.edits_per_kind)
     def setup() -> ShapesModel:
         cfg.validate()
         policy, which = load_checkpoint(cfg.checkpoint)

@@ -49,15 +49,16 @@ from .model import ShapesConfig, ShapesModel, build_tokenizer, load_policy
 from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
 from .plan import Plan, canonical_plan, extract_plan
 from ..rollout.denoise import denoise
+from .edits import EditPrompt, edit_split
 from .reflect import flawed_plan, reflection, seen_objects
 from .segment import detect
 from .verifier import score
-from .vocab import BOS, EOS
+from .vocab import BOS, END_THINK, EOS
 
 PROG = "python -m unigrpo.sft"
 
-__all__ = ["SFTConfig", "SFTBatch", "EpisodeBatch", "OwnDrawing", "make_batch", "make_episode_batch", "own_drawings",
-           "sft_losses", "episode_losses", "build_model", "param_groups", "train", "main"]
+__all__ = ["SFTConfig", "SFTBatch", "EpisodeBatch", "OwnDrawing", "make_batch", "make_episode_batch", "edit_episode",
+           "own_drawings", "sft_losses", "episode_losses", "build_model", "param_groups", "train", "main"]
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SFTConfig:
     flawed: float = bounded(0.5, ge=0, le=1)
     own: float = bounded(0.0, ge=0, le=1)
     own_pool: int = bounded(2000, ge=1)
+    edit: float = bounded(0.0, ge=0, le=1)
     init: str = ""
     # model shape (ShapesConfig checks how the sizes fit together)
     hidden_size: int = bounded(192, ge=1)
@@ -198,17 +200,34 @@ def own_drawings(model: ShapesModel, prompts: Sequence[Prompt], n: int, rng: np.
     return out
 
 
+def edit_episode(rng: np.random.Generator, prompt: EditPrompt, exclude_pairs=()) -> tuple[str, Plan, Plan]:
+    """An editing episode's words and plans: ``<bos> prompt <think> scene plan </think>
+    <diagnosis> ; edited plan </think>`` (the reflection against the edited plan is the
+    edit), the scene's plan and the edited one. A scene whose free colour already is the
+    edit's is re-planned, so the second image always shows a change."""
+    for _ in range(100):
+        scene = canonical_plan(prompt.scene, rng, exclude_pairs)
+        edited = prompt.edit.on_plan(scene, prompt.scene.constraints, rng)
+        turn = reflection(scene, edited)
+        if turn != EOS:
+            return f"{BOS} {prompt.text} {format_reasoning(scene)} {turn}", scene, edited
+    raise ValueError(f"no plan of {prompt.text!r} that the edit changes")
+
+
 def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: int,
                        drop_reasoning: float, reflect: float, flawed: float, exclude_pairs=(),
                        balance_categories: bool = True, image_size: int = 32,
-                       own: float = 0.0, pool: Sequence[OwnDrawing] = ()) -> EpisodeBatch:
+                       own: float = 0.0, pool: Sequence[OwnDrawing] = (), edit: float = 0.0,
+                       edits: Sequence[EditPrompt] = ()) -> EpisodeBatch:
     """:func:`make_batch`'s examples, and with probability ``reflect`` an episode that looks at
     its first image: drawn right, the model ends it (``<eos>``); drawn flawed (probability
     ``flawed``: :func:`.reflect.flawed_plan` of the planned objects), it writes the
     diagnosis and the plan again, and a second, right image follows. The first turn's plan
     is always the right one: a drawing that missed its plan is what RL's reflection meets.
     With probability ``own`` a reflecting example is one of the model's own drawings from
-    ``pool`` instead (:func:`own_drawings`), with the reflection the detector grounds."""
+    ``pool`` instead (:func:`own_drawings`), with the reflection the detector grounds; with
+    probability ``edit`` it is an editing episode of one of ``edits`` (a kind uniformly,
+    then a prompt of it: :func:`edit_episode`), both images rendered and trained."""
     base = make_batch(rng, prompts, batch_size, drop_reasoning, exclude_pairs, balance_categories, image_size)
     b = batch_size
     images = np.zeros((b, 2, image_size, image_size, 3), dtype=np.uint8)
@@ -221,9 +240,21 @@ def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batc
     looks = (rng.random(b) < reflect) & base.reasoning
     bad = rng.random(b) < flawed
     mine = (rng.random(b) < own) & bool(len(pool))
+    editing = rng.random(b) < edit if edit and len(edits) else np.zeros(b, bool)  # no draw: old runs reproduce
+    by_kind: dict[str, list[EditPrompt]] = {}
+    for p in edits:
+        by_kind.setdefault(p.edit.kind, []).append(p)
+    kinds = list(by_kind.values())
     for i in range(b):
         slots[i] = len(texts[i].split())
         if not looks[i]:
+            continue
+        if editing[i]:
+            kind = kinds[rng.integers(len(kinds))]
+            texts[i], scene, edited = edit_episode(rng, kind[rng.integers(len(kind))], exclude_pairs)
+            images[i] = render_plans([scene, edited], rng, image_size)
+            present[i, 1] = trained[i, 1] = True
+            slots[i] = [texts[i].split().index(END_THINK) + 1, len(texts[i].split())]
             continue
         if mine[i]:  # the model's own first image: never a denoising target
             drawing = pool[rng.integers(len(pool))]
@@ -382,6 +413,7 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
     start = time.perf_counter()
     # the start model's own first images, drawn once, for grounded reflections
     pool = own_drawings(model, split.train, cfg.own_pool, rng, split.heldout_pairs) if cfg.reflect and cfg.own else []
+    edits = edit_split(split)[0] if cfg.edit else ()
     bar = tqdm(range(cfg.steps), desc="sft", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
     with open(out / "train_log.jsonl", "w") as f:
         for step in bar:
@@ -393,7 +425,8 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
                 if cfg.reflect:
                     lm, flow = episode_losses(model, make_episode_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, cfg.reflect, cfg.flawed,
-                        split.heldout_pairs, cfg.balance_categories, model.config.image_size, cfg.own, pool), gen)
+                        split.heldout_pairs, cfg.balance_categories, model.config.image_size, cfg.own, pool,
+                        cfg.edit, edits), gen)
                 else:
                     lm, flow = sft_losses(model, make_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
@@ -432,6 +465,7 @@ _HELP = {
     "own": "share of the reflecting examples that are the start model's own drawings, with the reflection the "
            "verifier's detector grounds",
     "own_pool": "how many own drawings to sample at the start (ODE, 20 steps)",
+    "edit": "share of the reflecting examples that are editing episodes (draw the scene, then the edited scene)",
     "init": "start from this checkpoint (a directory or builtin:NAME) instead of from scratch; the model "
             "shape flags are then ignored",
 }

@@ -41,6 +41,7 @@ __all__ = [
     "MISSING",
     "EXTRA",
     "REFLECTION_WORDS",
+    "EDIT_WORDS",
     "PLAN_AT",
     "PLAN_SEP",
     "plan_tokens",
@@ -88,6 +89,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, THINK, END_THINK, IMAGE, 
 #: the diagnosis words of a reflection (:mod:`.reflect`)
 MISSING, EXTRA = "missing", "extra"
 REFLECTION_WORDS: tuple[str, ...] = (MISSING, EXTRA)
+#: the words an editing prompt adds to its scene's prompt (:mod:`.edits`)
+EDIT_WORDS: tuple[str, ...] = ("then", "make", "remove", "add")
 PLAN_AT = "@"
 PLAN_SEP = ";"
 
@@ -106,10 +109,11 @@ def tokenize(text: str) -> list[str]:
 def vocabulary() -> tuple[str, ...]:
     """The task's word vocabulary: ``SPECIAL_TOKENS`` first (ids 0..7), then every
     word used by any prompt of any category or by a plan, sorted, then the reflection
-    words (appended, so the ids of a model trained before them are unchanged: the
-    shipped single-round checkpoint's vocabulary is the first 69).  Deterministic."""
+    words and the editing words (appended, so the ids of a model trained before them are
+    unchanged: the shipped single-round checkpoint's vocabulary is the first 69, a
+    reflection-only one's the first 71).  Deterministic."""
     from .prompts import prompt_words  # local import: prompts depends on vocab
 
     words = set(prompt_words()) | set(plan_tokens())
     words -= set(SPECIAL_TOKENS)
-    return SPECIAL_TOKENS + tuple(sorted(words)) + tuple(w for w in REFLECTION_WORDS if w not in words)
+    return SPECIAL_TOKENS + tuple(sorted(words)) + tuple(w for w in REFLECTION_WORDS + EDIT_WORDS if w not in words)

@@ -141,7 +141,7 @@ def test_config_does_not_match_weights(saved, change, match):
 def test_config_does_not_match_tokenizer(saved):
     cfg = json.loads((saved / "config.json").read_text())
     (saved / "config.json").write_text(json.dumps({**cfg, "vocab_size": cfg["vocab_size"] + 1}))
-    with pytest.raises(CheckpointError, match="tokenizer has 71 tokens but config.vocab_size is 72"):
+    with pytest.raises(CheckpointError, match="tokenizer has 75 tokens but config.vocab_size is 76"):
         ShapesModel.from_pretrained(saved)
 
 
@@ -156,7 +156,7 @@ def test_unknown_token(model):
 
 def test_bad_ids(model):
     ids = torch.tensor([[1, 500]])
-    with pytest.raises(ValueError, match=r"ids must lie in \[0, 71\)"):
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 75\)"):
         model.text_forward(ids, torch.ones_like(ids, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must have"):
         model.text_forward(torch.tensor([[1, 2]]), torch.ones(1, 3, dtype=torch.bool))

@@ -31,7 +31,7 @@ class ShapesConfig:
     ``<bos>``, ``<eos>``, ``<unk>``, ``<think>``, ``</think>``, ``<image>``,
     ``</image>``."""
 
-    vocab_size: int = 71  # len(unigrpo.shapes.vocabulary()): the shipped single-round model has the first 69
+    vocab_size: int = 75  # len(unigrpo.shapes.vocabulary()): the shipped single-round model has the first 69
     hidden_size: int = 192
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
