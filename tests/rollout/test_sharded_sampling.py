@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from tiny_runs import tiny
     from unigrpo.rollout import sample_images, sharded_sampling
+    from unigrpo.train.distributed import shutdown
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
@@ -24,7 +25,7 @@ SCRIPT = textwrap.dedent("""
         images, reasoning, truncated = sample_images(tiny(0), texts, steps=2, max_new_tokens=5, seed=7, batch_size=2)
     if dist.get_rank() == 0:
         torch.save({"images": images, "reasoning": reasoning, "truncated": truncated}, sys.argv[1])
-    dist.destroy_process_group()
+    shutdown()
 """)
 
 

@@ -17,6 +17,7 @@ from tiny_runs import FAST, tiny, toy_task
 
 import unigrpo.train.trainer as trainer_mod
 from unigrpo.train import Trainer, load_config
+from unigrpo.train.distributed import shutdown
 
 real_generate = trainer_mod.generate_episodes
 calls = [0]
@@ -62,5 +63,4 @@ t.fit()
 weights = get_model_state_dict(t.policy, options=StateDictOptions(full_state_dict=True))
 if t.world.main:
     torch.save({k: v.clone() for k, v in weights.items()}, out)
-if dist.is_initialized():
-    dist.destroy_process_group()
+shutdown()  # every rank done with its collectives, then the process group left

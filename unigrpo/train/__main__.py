@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     if trainer.iteration == 0 and args.resume:
         print(f"{PROG}: {run_dir} has no checkpoint yet: starting it from its beginning", file=sys.stderr)
     history, code = attempt(trainer.fit, RUN_ERRORS, PROG)
-    distributed.shutdown()
+    distributed.shutdown(finished=not code)
     if code:
         return code
     evals = [h for h in history if "eval/overall" in h]

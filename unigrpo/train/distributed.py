@@ -130,7 +130,12 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the process group (torchrun's processes end cleanly)."""
+def shutdown(finished: bool = True) -> None:
+    """Leave the process group (torchrun's processes end cleanly). ``finished``: every rank
+    got to the end, so they meet at a barrier first (a rank that tears Gloo down while a
+    peer still has collectives in flight can abort at exit, "terminate called without an
+    active exception"); after a failure there is no barrier, a failed peer would never come."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
