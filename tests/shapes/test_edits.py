@@ -115,6 +115,8 @@ def test_verifier_reward_scores_edit_rows_on_the_episode_and_others_on_the_final
     episode = EpisodeImages(torch.from_numpy(np.stack([first, final], 1)), torch.ones(3, 2, dtype=torch.bool))
     scores, _ = verifier_reward("strict")(torch.from_numpy(final), [p.text] * 3, [p, p, plain], episode=episode)
     assert scores.tolist() == [1, 0, 1]  # row 1 never showed the scene before the edit
+    with pytest.raises(ValueError, match="judged on the whole episode: pass episode="):
+        verifier_reward("strict")(torch.from_numpy(final), [p.text] * 3, [p, p, plain])
 
 
 def test_warm_start_editing_episodes_draw_the_scene_then_the_edit():

@@ -32,10 +32,13 @@ def verifier_reward(mode: str = "strict") -> RewardFn:
     An :class:`.edits.EditPrompt` is judged on the whole episode (:func:`.edits.score_edits`).
     Details: the verifier's breakdown of the final images."""
 
-    def reward(images, prompts, metadata, episode):
+    def reward(images, prompts, metadata, episode=None):
         scores, details = verifier.score(images.cpu().numpy(), list(metadata), mode=mode)
         rows = [i for i, m in enumerate(metadata) if isinstance(m, EditPrompt)]
         if rows:
+            if episode is None:
+                raise ValueError(f"editing prompts (e.g. {metadata[rows[0]].text!r}) are judged on the whole "
+                                 f"episode: pass episode= (WeightedRewards does)")
             both = episode.images[rows].numpy()
             second = episode.present[rows, 1:].any(1).numpy()
             judged = score_edits(both[:, 0], images[rows].cpu().numpy(), second, [metadata[i] for i in rows], mode)
