@@ -100,11 +100,13 @@ def generate_episodes(policy: UnifiedPolicy, prompts: Sequence[str], metadata: S
         if step_noise is not None and eps is not None:
             step_noise[rows, r] = eps.transpose(0, 1)
     present = ep.images.present
-    images = policy.latents_to_images(ep.final_latents())
     episode = None
-    if rewards.wants_episode and rounds > 1:  # every image, for rewards that judge more than the last
-        each = torch.stack([policy.latents_to_images(ep.images.latents[:, r]).cpu() for r in range(rounds)], 1)
-        episode = EpisodeImages(each * present.cpu()[:, :, None, None, None], present.cpu())
+    if rewards.wants_episode and rounds > 1:  # every drawn image, for rewards that judge more than the last
+        each = _decode_rounds(policy, ep.images)
+        images = each[torch.arange(b, device=each.device), ep.rounds_used.to(each.device) - 1]
+        episode = EpisodeImages(each.cpu(), present.cpu())
+    else:
+        images = policy.latents_to_images(ep.final_latents())
     reward = rewards(images.cpu(), texts, meta, episode)
     total = reward.total
     if cfg.extra_round_cost:
@@ -120,6 +122,19 @@ def generate_episodes(policy: UnifiedPolicy, prompts: Sequence[str], metadata: S
         group_ids=torch.arange(len(prompts)).repeat_interleave(g), prompts=texts, metadata=meta,
         temperature=text.temperature, noise_level=cfg.noise_level, guidance_scale=cfg.guidance_scale,
         step_noise=step_noise if keep_noise and cfg.noise_level > 0 else None)
+
+
+def _decode_rounds(policy: UnifiedPolicy, seen) -> torch.Tensor:
+    """uint8 (B, R, H, W, 3): every image the episodes drew, each decoded once (zeros where an
+    episode had ended), on the device the policy decodes to."""
+    first = policy.latents_to_images(seen.latents[:, 0])
+    each = first.new_zeros((first.shape[0], seen.rounds, *first.shape[1:]))
+    each[:, 0] = first
+    for r in range(1, seen.rounds):
+        rows = seen.present[:, r]
+        if bool(rows.any()):
+            each[rows.to(each.device), r] = policy.latents_to_images(seen.latents[rows, r]).to(each.device)
+    return each
 
 
 def _denoise_image(policy: UnifiedPolicy, ctx, uncond, sigmas, x1, eps, cfg: RolloutConfig):

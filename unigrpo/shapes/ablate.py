@@ -69,6 +69,12 @@ def variant_config(name: str, overrides: list[str], base: list[str], out: Path):
     return load_config(None, base + overrides + [f"train.output_dir={out / slug}"])
 
 
+#: the held-out metrics a multi-round task adds (row key: (eval metric, column header))
+MULTI_ROUND_COLUMNS = {"first": ("first_image_overall", "first image"),
+                       "rounds": ("rounds_used", "images per episode"),
+                       "editing": ("editing_overall", "editing")}
+
+
 def run_variant(name: str, overrides: list[str], base: list[str], out: Path, drift_texts: list[str],
                 policy_factory=None, task=None, progress: bool = True, evaluate: bool = True,
                 before: dict | None = None) -> dict:
@@ -94,12 +100,6 @@ def run_variant(name: str, overrides: list[str], base: list[str], out: Path, dri
             "train_reward_last": next((h["reward/mean"] for h in reversed(history) if "reward/mean" in h), None),
             **_reward_trend(history),
             "image_drift": image_drift(trainer.policy, trainer.ref, drift_texts, cfg.task.eval_steps)}
-
-
-#: the held-out metrics a multi-round task adds (row key: (eval metric, column header))
-MULTI_ROUND_COLUMNS = {"first": ("first_image_overall", "first image"),
-                       "rounds": ("rounds_used", "images per episode"),
-                       "editing": ("editing_overall", "editing")}
 
 
 def to_markdown(rows: list[dict], budget: str) -> str:

@@ -47,7 +47,7 @@ from ..train.checkpointing import resolve_policy_dir
 from . import (CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, Prompt, extract_plan, make_split,
                plan_satisfies, score)
 from .edits import EDIT_CATEGORIES, edit_split, score_edits
-from .model import BUILTIN_CHECKPOINTS, SFT_CHECKPOINT, ShapesModel
+from .model import SFT_CHECKPOINT, ShapesModel, builtin_checkpoint
 from .vocab import END_THINK, THINK
 
 __all__ = ["EvalConfig", "select_prompts", "evaluate", "format_table", "main", "DEFAULT_CHECKPOINT"]
@@ -95,9 +95,7 @@ def load_checkpoint(path: str | Path) -> tuple[ShapesModel, str]:
     """The policy a run, checkpoint, ``policy/`` or model directory holds, verified (or a
     built-in one, ``builtin:NAME``), and a phrase saying which directory was used."""
     if str(path).startswith("builtin:"):
-        if path not in BUILTIN_CHECKPOINTS:
-            raise ValueError(f"--checkpoint {path!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
-        return ShapesModel.from_pretrained(BUILTIN_CHECKPOINTS[path]), str(path)
+        return ShapesModel.from_pretrained(builtin_checkpoint(str(path), "--checkpoint")), str(path)
     policy_dir, which = resolve_policy_dir(path)
     return ShapesModel.from_pretrained(policy_dir), which
 
@@ -209,10 +207,10 @@ def _evaluate_edits(cfg: EvalConfig, policy: UnifiedPolicy, split) -> tuple[dict
     ep = sample_episodes(policy, texts, max_rounds=cfg.max_rounds, steps=cfg.steps, temperature=cfg.temperature,
                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
                          guidance_scale=cfg.guidance_scale)
-    judged = score_edits(ep.round_images[:, 0], ep.images, (ep.rounds_used >= 2).numpy(), prompts)
+    two = (ep.rounds_used >= 2).numpy()
+    judged = score_edits(ep.round_images[:, 0], ep.images, two, prompts)
     per = {c: float(judged.strict[[i for i, k in enumerate(cats) if k == c]].mean()) for c in EDIT_CATEGORIES
            if c in cats}
-    two = (ep.rounds_used >= 2).numpy()
     table = {"per_kind": per, "overall": float(np.mean(list(per.values()))),
              "scene_right": float(judged.before.mean()), "edited_right": float(judged.after[two].mean()) if two.any()
              else 0.0, "kept": float(judged.kept[two].mean()) if two.any() else 0.0,

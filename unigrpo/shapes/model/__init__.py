@@ -29,15 +29,20 @@ REFLECT_SFT_CHECKPOINT = SFT_CHECKPOINT.with_name("shapes-reflect-sft")
 BUILTIN_CHECKPOINTS = {"builtin:shapes-sft": SFT_CHECKPOINT, "builtin:shapes-reflect-sft": REFLECT_SFT_CHECKPOINT}
 
 
+def builtin_checkpoint(name: str, key: str = "model.checkpoint") -> Path:
+    """The directory of a built-in checkpoint ``builtin:NAME``; an unknown name is an error naming ``key``."""
+    if name not in BUILTIN_CHECKPOINTS:
+        raise ValueError(f"{key} {name!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
+    return BUILTIN_CHECKPOINTS[name]
+
+
 def load_policy(model: ModelConfig, device: torch.device | str = "cpu") -> ShapesModel:
     """The ``shapes`` policy loader (``model.type=shapes``): ``model.checkpoint`` is a model
     directory, a run or ``checkpoint-*`` directory (verified), or a built-in one:
     ``builtin:shapes-sft`` (the default) or ``builtin:shapes-reflect-sft``."""
     checkpoint = model.checkpoint or "builtin:shapes-sft"
-    if checkpoint.startswith("builtin:") and checkpoint not in BUILTIN_CHECKPOINTS:
-        raise ValueError(f"model.checkpoint {checkpoint!r}: unknown; built in: {', '.join(BUILTIN_CHECKPOINTS)}")
-    if checkpoint in BUILTIN_CHECKPOINTS:
-        return ShapesModel.from_pretrained(BUILTIN_CHECKPOINTS[checkpoint], device=device)
+    if checkpoint.startswith("builtin:"):
+        return ShapesModel.from_pretrained(builtin_checkpoint(checkpoint), device=device)
     from ...train.checkpointing import resolve_policy_dir  # a run or checkpoint directory works too
 
     return ShapesModel.from_pretrained(resolve_policy_dir(checkpoint)[0], device=device)
