@@ -123,10 +123,21 @@ def test_reflect_evaluation_reports_first_and_final_images(tmp_path, rounds):
     table = res["modes"]["reasoning"]
     assert 0 <= table["first_image_overall"] <= 1 and 1 <= table["rounds_used_mean"] <= rounds
     assert (tmp_path / "samples_rounds.png").exists() and "first image" in format_table(res)
+    assert sum(table["looking"].values()) == res["num_images"] and "after looking" in format_table(res)
     edits = res["editing"]
     assert set(edits["per_kind"]) == {f"edit_{k}" for k in EDIT_KINDS} and len(edits["samples"]) == 8
     assert 0 <= edits["overall"] <= 1 and 1 <= edits["rounds_used_mean"] <= rounds
     assert (tmp_path / "samples_edits.png").exists() and "editing" in format_table(res)
+
+
+def test_looking_outcomes_count_each_way_an_episode_ends():
+    from unigrpo.shapes.eval import looking_outcomes
+
+    first = [1, 1, 1, 0, 0, 0, 0]
+    final = [1, 0, 1, 0, 1, 0, 0]
+    redrew = [0, 1, 1, 1, 1, 0, 0]
+    assert looking_outcomes(first, final, redrew) == {"right_stopped": 1, "spoiled": 1, "right_redrawn_right": 1,
+                                                      "wrong_redrawn_wrong": 1, "fixed": 1, "wrong_stopped": 2}
 
 
 def test_own_drawings_carry_the_reflection_the_detector_grounds():
@@ -164,8 +175,10 @@ def test_reflect_task_evaluates_two_rounds_and_shapes_one():
     looked = ShapesReflectTask(TaskConfig(name="shapes-reflect", **small)).evaluate(model, None)
     assert 0 <= looked["first_image_overall"] <= 1 and 1 <= looked["rounds_used"] <= 2
     assert 0 <= looked["editing_overall"] <= 1 and all(f"edit_{k}" in looked for k in EDIT_KINDS)
+    assert 0 <= looked["no_reasoning_overall"] <= 1  # the warm start draws from the bare prompt too
     plain = ShapesTask(TaskConfig(name="shapes", **small)).evaluate(model, None)
     assert "first_image_overall" not in plain and "rounds_used" not in plain and "overall" in plain
+    assert "no_reasoning_overall" not in plain
     assert "editing_overall" not in plain
 
 

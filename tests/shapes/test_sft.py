@@ -9,7 +9,8 @@ import torch
 
 from unigrpo.shapes.model import ShapesModel
 from unigrpo.shapes.sft import SFTConfig, _reasoning_targets, main, make_batch, train
-from unigrpo.shapes import make_split
+from unigrpo.shapes import default_plan, detect, make_split
+from unigrpo.shapes.vocab import COLOR_NAMES
 
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, batch_size=8,
             lr=3e-3, warmup_steps=5, progress=False)
@@ -45,6 +46,25 @@ def test_make_batch():
         assert not any(f"{c} {s}" in text.split("<think>")[-1] for s, c in split.heldout_pairs) or not keep
     b2 = make_batch(np.random.default_rng(0), split.train, 64, 0.5, split.heldout_pairs)
     assert b2.texts == b.texts and np.array_equal(b2.images, b.images)
+
+
+def test_make_batch_default_layout():
+    """Without reasoning the image shows the prompt's default plan; the other examples, and
+    which examples keep their reasoning, are those of the random-layout batch."""
+    split = make_split(0)
+    rand = make_batch(np.random.default_rng(3), split.train, 32, 0.5, split.heldout_pairs)
+    fixed = make_batch(np.random.default_rng(3), split.train, 32, 0.5, split.heldout_pairs, default_layout=True)
+    assert fixed.texts == rand.texts and np.array_equal(fixed.reasoning, rand.reasoning)
+    assert np.array_equal(fixed.images[fixed.reasoning], rand.images[rand.reasoning])
+    dropped = np.flatnonzero(~fixed.reasoning)
+    assert len(dropped) > 5
+    det = detect(fixed.images[dropped])
+    cell = 32 / 3
+    for j, i in enumerate(dropped):  # the detector finds the default plan's objects in its cells
+        rows = range(det.offsets[j], det.offsets[j + 1])
+        seen = {(COLOR_NAMES[det.color[r]], int(det.cx[r] // cell), int(det.cy[r] // cell)) for r in rows}
+        want = default_plan(fixed.prompts[i], split.heldout_pairs)
+        assert seen == {(o.color, o.x, o.y) for o in want}, fixed.prompts[i].text
 
 
 def test_reasoning_targets():

@@ -91,6 +91,22 @@ def test_canonical_plan_deterministic_and_varied():
     assert len({S.canonical_plan(p, rng).to_text() for _ in range(20)}) > 10
 
 
+def test_default_plan_is_one_rule_that_satisfies_every_prompt():
+    sp = S.make_split(0)
+    for p in S.all_prompts():
+        plan = S.default_plan(p, sp.heldout_pairs)
+        assert S.plan_satisfies(plan, p), (p.text, plan.to_text())
+        assert plan == S.default_plan(p, sp.heldout_pairs)
+    for p in sp.train:  # a free colour avoids the held-out compositions
+        assert not {(o.shape, o.color) for o in S.default_plan(p, sp.heldout_pairs)} & sp.heldout_pairs
+    by_text = {p.text: p for p in S.all_prompts()}
+    # the centre first, then the centre row; a free colour is the first allowed one
+    assert S.default_plan(by_text["one circle"]).to_text() == "red circle @ 1 1"
+    assert S.default_plan(by_text["a circle left of a square"]).to_text() == "red circle @ 1 1 ; red square @ 2 1"
+    assert S.default_plan(by_text["a circle right of a square"]).to_text() == "red square @ 0 1 ; red circle @ 1 1"
+    assert S.default_plan(by_text["one circle"], {("circle", "red")}).to_text() == "green circle @ 1 1"
+
+
 def test_canonical_plan_excludes_heldout_pairs():
     sp = S.make_split(0)
     rng = np.random.default_rng(0)

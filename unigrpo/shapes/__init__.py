@@ -16,7 +16,7 @@ multi-round: :mod:`.reflect` (what the model writes after looking), :mod:`.edits
 (editing prompts and their whole-episode verdict).
 """
 
-from .plan import (Plan, PlanObject, PlanParseError, canonical_plan, extract_plan,
+from .plan import (Plan, PlanObject, PlanParseError, canonical_plan, default_plan, extract_plan,
                    format_reasoning, parse_plan, plan_satisfies, try_parse_plan)
 from .prompts import CATEGORIES, GENEVAL_CATEGORIES, REASONING_CATEGORIES, all_prompts, prompts_by_category
 from .render import render_plan, render_plans, render_prompts
@@ -36,7 +36,7 @@ __all__ = [
     "ObjectSpec", "Relation", "all_prompts", "prompts_by_category", "Split", "make_split",
     "DEFAULT_SPLIT_SEED",
     # plans
-    "Plan", "PlanObject", "PlanParseError", "parse_plan", "try_parse_plan", "canonical_plan",
+    "Plan", "PlanObject", "PlanParseError", "parse_plan", "try_parse_plan", "canonical_plan", "default_plan",
     "plan_satisfies", "format_reasoning", "extract_plan",
     # images and reward
     "render_plan", "render_plans", "render_prompts", "detect", "Detections", "score",

@@ -167,6 +167,7 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
                 first = score(episodes.round_images[:, 0], prompts, "strict")[0]
                 table["first_image_overall"] = _accuracy_table(cats, first)["overall"]
                 table["rounds_used_mean"] = float(episodes.rounds_used.float().mean())
+                table["looking"] = looking_outcomes(first, strict, episodes.rounds_used.numpy() > 1)
                 grids["rounds"] = (episodes, strict, texts, cats)
         table["seconds"] = time.perf_counter() - t0
         table["samples"] = [{"prompt": p.text, "category": p.category, "reasoning": r, "strict": float(s),
@@ -194,6 +195,15 @@ def evaluate(cfg: EvalConfig, policy: UnifiedPolicy | None = None) -> dict:
             caps = [f"[{'ok' if strict[i] else 'x'}] {texts[i]}" for i in pick]
             save_image_grid(out / f"samples_{mode}.png", images[pick], caps, cols=6)
     return results
+
+
+def looking_outcomes(first, final, redrew) -> dict[str, int]:
+    """How many episodes ended each way, by whether the first image passed, whether the model
+    drew again after looking, and whether the final image passed: what looking is worth."""
+    first, final, redrew = (np.asarray(a, dtype=bool) for a in (first, final, redrew))
+    return {"right_stopped": int((first & ~redrew).sum()), "wrong_stopped": int((~first & ~redrew).sum()),
+            "wrong_redrawn_wrong": int((~first & redrew & ~final).sum()), "fixed": int((~first & redrew & final).sum()),
+            "spoiled": int((first & redrew & ~final).sum()), "right_redrawn_right": int((first & redrew & final).sum())}
 
 
 def _evaluate_edits(cfg: EvalConfig, policy: UnifiedPolicy, split) -> tuple[dict, tuple]:
@@ -262,6 +272,11 @@ def format_table(results: dict) -> str:
                 f"{looked['first_image_overall']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
             lines.append(f"{'rounds used':<16}{'':>5}" + "".join(
                 f"{looked['rounds_used_mean']:>15.3f}" if m == "reasoning" else f"{'-':>15}" for m in modes))
+            o = looked["looking"]
+            lines.append("after looking: first image right -> {} stopped, {} redrawn right, {} spoiled; wrong -> "
+                         "{} stopped, {} fixed, {} redrawn wrong".format(
+                             o["right_stopped"], o["right_redrawn_right"], o["spoiled"], o["wrong_stopped"],
+                             o["fixed"], o["wrong_redrawn_wrong"]))
     if "editing" in results:
         ed = results["editing"]
         n = {c: sum(1 for s in ed["samples"] if s["category"] == c) for c in ed["per_kind"]}

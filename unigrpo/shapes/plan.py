@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import itertools
+
 import numpy as np
 
 from .spec import Constraints, Prompt
@@ -28,6 +30,7 @@ __all__ = [
     "parse_plan",
     "try_parse_plan",
     "canonical_plan",
+    "default_plan",
     "plan_satisfies",
     "format_reasoning",
     "extract_plan",
@@ -171,6 +174,30 @@ def canonical_plan(prompt: Prompt | Constraints, rng: np.random.Generator,
         idx = rng.permutation(len(all_cells))[: len(kinds)]
         cells = [all_cells[i] for i in idx]
         if _cells_ok(cells, c, first):
+            return Plan(tuple(PlanObject(s, k, x, y) for (s, k), (x, y) in zip(kinds, cells)))
+    raise RuntimeError(f"no placement satisfies {c}")  # unreachable for valid constraints
+
+
+#: the cells :func:`default_plan` fills, in order: the centre, then its row, its column, the corners
+DEFAULT_CELLS = ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2), (0, 0), (2, 0), (0, 2), (2, 2))
+
+
+def default_plan(prompt: Prompt | Constraints, exclude_pairs: Iterable[tuple[str, str]] = ()) -> Plan:
+    """The one plan a rule picks for ``prompt``: a free colour is the first of ``COLOR_NAMES``
+    whose (shape, colour) pair is not excluded, and the cells are the first assignment, in
+    :data:`DEFAULT_CELLS` order, that satisfies the relations. What the model draws when it
+    draws without reasoning: a small flow model cannot commit to one of many random layouts
+    from the prompt alone (docs/sft.md)."""
+    c = prompt.constraints if isinstance(prompt, Prompt) else prompt
+    excluded = set(exclude_pairs)
+    kinds: list[tuple[str, str]] = []
+    first: list[int] = []
+    for spec in c.objects:
+        color = spec.color or next((k for k in COLOR_NAMES if (spec.shape, k) not in excluded), COLOR_NAMES[0])
+        first.append(len(kinds))
+        kinds.extend([(spec.shape, color)] * spec.count)
+    for cells in itertools.permutations(DEFAULT_CELLS, len(kinds)):
+        if _cells_ok(list(cells), c, first):
             return Plan(tuple(PlanObject(s, k, x, y) for (s, k), (x, y) in zip(kinds, cells)))
     raise RuntimeError(f"no placement satisfies {c}")  # unreachable for valid constraints
 

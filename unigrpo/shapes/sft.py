@@ -47,7 +47,7 @@ from ..policy import SeenImages
 from ..task import ModelConfig, resolve_device
 from .model import ShapesConfig, ShapesModel, build_tokenizer, load_policy
 from . import CATEGORIES, Prompt, format_reasoning, make_split, render_plans
-from .plan import Plan, canonical_plan, extract_plan
+from .plan import Plan, canonical_plan, default_plan, extract_plan
 from ..rollout.denoise import denoise
 from .edits import EditPrompt, edit_split
 from .reflect import flawed_plan, reflection, seen_objects
@@ -77,6 +77,7 @@ class SFTConfig:
     seed: int = bounded(0, ge=0)
     split_seed: int = bounded(0, ge=0)
     drop_reasoning: float = bounded(0.1, ge=0, le=1)
+    default_layout: bool = False
     lm_weight: float = bounded(1.0, ge=0)
     flow_weight: float = bounded(1.0, ge=0)
     balance_categories: bool = True
@@ -119,11 +120,13 @@ class SFTBatch:
 
 def make_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: int,
                drop_reasoning: float = 0.0, exclude_pairs=(), balance_categories: bool = True,
-               image_size: int = 32) -> SFTBatch:
+               image_size: int = 32, default_layout: bool = False) -> SFTBatch:
     """Draw a training batch: a category uniformly (``balance_categories``) then a
     prompt of it uniformly (else a prompt uniformly), a random canonical plan,
     its render (size/offset jitter), and the reasoning kept with probability
-    ``1 - drop_reasoning``.  Deterministic given ``rng``'s state."""
+    ``1 - drop_reasoning``; with ``default_layout`` an example without reasoning shows
+    the prompt's :func:`.plan.default_plan` instead (re-rendered, so that the random
+    stream of the other examples is unchanged).  Deterministic given ``rng``'s state."""
     if balance_categories:
         by_cat = {c: [p for p in prompts if p.category == c] for c in CATEGORIES}
         cats = [c for c in CATEGORIES if by_cat[c]]
@@ -136,6 +139,9 @@ def make_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batch_size: 
     plans = [canonical_plan(p, rng, exclude_pairs) for p in picks]
     images = render_plans(plans, rng, image_size)
     keep = rng.random(batch_size) >= drop_reasoning
+    if default_layout and not keep.all():
+        drop = np.flatnonzero(~keep)
+        images[drop] = render_plans([default_plan(picks[i], exclude_pairs) for i in drop], rng, image_size)
     texts = [f"{BOS} {p.text} {format_reasoning(plan)}" if k else f"{BOS} {p.text}"
              for p, plan, k in zip(picks, plans, keep)]
     return SFTBatch(texts, images, keep, picks)
@@ -218,7 +224,7 @@ def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batc
                        drop_reasoning: float, reflect: float, flawed: float, exclude_pairs=(),
                        balance_categories: bool = True, image_size: int = 32,
                        own: float = 0.0, pool: Sequence[OwnDrawing] = (), edit: float = 0.0,
-                       edits: Sequence[EditPrompt] = ()) -> EpisodeBatch:
+                       edits: Sequence[EditPrompt] = (), default_layout: bool = False) -> EpisodeBatch:
     """:func:`make_batch`'s examples, and with probability ``reflect`` an episode that looks at
     its first image: drawn right, the model ends it (``<eos>``); drawn flawed (probability
     ``flawed``: :func:`.reflect.flawed_plan` of the planned objects), it writes the
@@ -228,7 +234,8 @@ def make_episode_batch(rng: np.random.Generator, prompts: Sequence[Prompt], batc
     ``pool`` instead (:func:`own_drawings`), with the reflection the detector grounds; with
     probability ``edit`` it is an editing episode of one of ``edits`` (a kind uniformly,
     then a prompt of it: :func:`edit_episode`), both images rendered and trained."""
-    base = make_batch(rng, prompts, batch_size, drop_reasoning, exclude_pairs, balance_categories, image_size)
+    base = make_batch(rng, prompts, batch_size, drop_reasoning, exclude_pairs, balance_categories, image_size,
+                      default_layout)
     b = batch_size
     images = np.zeros((b, 2, image_size, image_size, 3), dtype=np.uint8)
     images[:, 0] = base.images
@@ -426,11 +433,11 @@ def train(cfg: SFTConfig) -> tuple[ShapesModel, list[dict]]:
                     lm, flow = episode_losses(model, make_episode_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, cfg.reflect, cfg.flawed,
                         split.heldout_pairs, cfg.balance_categories, model.config.image_size, cfg.own, pool,
-                        cfg.edit, edits), gen)
+                        cfg.edit, edits, cfg.default_layout), gen)
                 else:
                     lm, flow = sft_losses(model, make_batch(
                         rng, split.train, cfg.batch_size, cfg.drop_reasoning, split.heldout_pairs,
-                        cfg.balance_categories, model.config.image_size), gen)
+                        cfg.balance_categories, model.config.image_size, cfg.default_layout), gen)
             loss = cfg.lm_weight * lm + cfg.flow_weight * flow
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -455,6 +462,8 @@ _HELP = {
     "lr_image": "peak LR of attention and image-side weights (0: same as --lr)",
     "min_lr": "final learning rate", "seed": "seed of data, init and noise",
     "split_seed": "seed of the train / held-out split", "drop_reasoning": "fraction of examples without reasoning",
+    "default_layout": "examples without reasoning show the prompt's default layout (one rule: centre first, "
+                      "first free colour) instead of a random one",
     "balance_categories": "draw a category uniformly, then a prompt of it",
     "image_expert": "separate image-token norms and MLPs (mixture-of-transformers)",
     "timestep_shift": "shift of the logit-normal timesteps (Bagel: 3)", "bf16": "bfloat16 autocast",

@@ -53,6 +53,8 @@ class ShapesTask(Task):
     name = "shapes"
     #: images per held-out episode at most (evaluation's ``max_rounds``)
     eval_rounds = 1
+    #: evaluation also draws every held-out prompt without reasoning (``no_reasoning_overall``)
+    eval_without_reasoning = False
 
     def __init__(self, cfg: TaskConfig | None = None) -> None:
         super().__init__(cfg)
@@ -90,13 +92,15 @@ class ShapesTask(Task):
                                   temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
                                   batch_size=c.eval_batch_size, max_rounds=self.eval_rounds,
                                   edits_per_kind=c.eval_size if self.eval_rounds > 1 else 0,
+                                  modes=("reasoning", "no_reasoning") if self.eval_without_reasoning else ("reasoning",),
                                   grid_per_category=2), policy)
         table = res["modes"]["reasoning"]
         looked = {"first_image_overall": table["first_image_overall"],
                   "rounds_used": table["rounds_used_mean"]} if self.eval_rounds > 1 else {}
+        bare = {"no_reasoning_overall": res["modes"]["no_reasoning"]["overall"]} if "no_reasoning" in res["modes"] else {}
         edits = res.get("editing")
         edited = {"editing_overall": edits["overall"], **edits["per_kind"]} if edits else {}
-        return {"overall": table["overall"], **looked, **table["per_category"], **edited}
+        return {"overall": table["overall"], **looked, **bare, **table["per_category"], **edited}
 
 
 class ShapesReflectTask(ShapesTask):
@@ -115,6 +119,7 @@ class ShapesReflectTask(ShapesTask):
     name = "shapes-reflect"
     config_defaults = {"rollout.max_rounds": "2", "model.checkpoint": "builtin:shapes-reflect-sft"}
     eval_rounds = 2
+    eval_without_reasoning = True
     #: editing prompts per shapes prompt in training
     edit_share = 1 / 3
 
