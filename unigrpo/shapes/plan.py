@@ -13,10 +13,9 @@ most one object per cell and its objects are always in canonical raster order
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
-
-import itertools
 
 import numpy as np
 
@@ -148,6 +147,22 @@ def _cells_ok(cells: list[tuple[int, int]], c: Constraints, first: list[int]) ->
     return True
 
 
+def _objects(c: Constraints, exclude_pairs: Iterable[tuple[str, str]], pick) -> tuple[list[tuple[str, str]], list[int]]:
+    """(shape, colour) of every object the constraints ask for, and the index of each object
+    group's first one (what relations refer to). A free colour is ``pick(allowed)`` of the
+    colours whose (shape, colour) pair is not excluded (all colours if every one is)."""
+    excluded = set(exclude_pairs)
+    kinds: list[tuple[str, str]] = []
+    first: list[int] = []
+    for spec in c.objects:
+        color = spec.color
+        if color is None:
+            color = pick([k for k in COLOR_NAMES if (spec.shape, k) not in excluded] or list(COLOR_NAMES))
+        first.append(len(kinds))
+        kinds.extend([(spec.shape, color)] * spec.count)
+    return kinds, first
+
+
 def canonical_plan(prompt: Prompt | Constraints, rng: np.random.Generator,
                    exclude_pairs: Iterable[tuple[str, str]] = ()) -> Plan:
     """A random plan satisfying ``prompt``'s constraints exactly.
@@ -159,16 +174,7 @@ def canonical_plan(prompt: Prompt | Constraints, rng: np.random.Generator,
     placements satisfying the relations (strict cell order, e.g. ``left_of``
     means a smaller column).  Deterministic given ``rng``'s state."""
     c = prompt.constraints if isinstance(prompt, Prompt) else prompt
-    excluded = set(exclude_pairs)
-    kinds: list[tuple[str, str]] = []
-    first: list[int] = []
-    for spec in c.objects:
-        color = spec.color
-        if color is None:
-            allowed = [k for k in COLOR_NAMES if (spec.shape, k) not in excluded] or list(COLOR_NAMES)
-            color = allowed[rng.integers(len(allowed))]
-        first.append(len(kinds))
-        kinds.extend([(spec.shape, color)] * spec.count)
+    kinds, first = _objects(c, exclude_pairs, lambda allowed: allowed[rng.integers(len(allowed))])
     all_cells = [(x, y) for y in range(GRID) for x in range(GRID)]
     for _ in range(10_000):
         idx = rng.permutation(len(all_cells))[: len(kinds)]
@@ -189,13 +195,7 @@ def default_plan(prompt: Prompt | Constraints, exclude_pairs: Iterable[tuple[str
     draws without reasoning: a small flow model cannot commit to one of many random layouts
     from the prompt alone (docs/sft.md)."""
     c = prompt.constraints if isinstance(prompt, Prompt) else prompt
-    excluded = set(exclude_pairs)
-    kinds: list[tuple[str, str]] = []
-    first: list[int] = []
-    for spec in c.objects:
-        color = spec.color or next((k for k in COLOR_NAMES if (spec.shape, k) not in excluded), COLOR_NAMES[0])
-        first.append(len(kinds))
-        kinds.extend([(spec.shape, color)] * spec.count)
+    kinds, first = _objects(c, exclude_pairs, lambda allowed: allowed[0])
     for cells in itertools.permutations(DEFAULT_CELLS, len(kinds)):
         if _cells_ok(list(cells), c, first):
             return Plan(tuple(PlanObject(s, k, x, y) for (s, k), (x, y) in zip(kinds, cells)))

@@ -87,17 +87,19 @@ class ShapesTask(Task):
         from .eval import EvalConfig, evaluate
 
         c = self.cfg
+        modes = ("reasoning", "no_reasoning") if self.eval_without_reasoning else ("reasoning",)
         res = evaluate(EvalConfig(out=None if out_dir is None else str(out_dir), steps=c.eval_steps,
                                   images_per_category=c.eval_size, split_seed=c.split_seed, seed=c.eval_seed,
                                   temperature=c.eval_temperature, guidance_scale=c.eval_guidance_scale,
                                   batch_size=c.eval_batch_size, max_rounds=self.eval_rounds,
                                   edits_per_kind=c.eval_size if self.eval_rounds > 1 else 0,
-                                  modes=("reasoning", "no_reasoning") if self.eval_without_reasoning else ("reasoning",),
+                                  modes=modes,
                                   grid_per_category=2), policy)
         table = res["modes"]["reasoning"]
         looked = {"first_image_overall": table["first_image_overall"],
                   "rounds_used": table["rounds_used_mean"]} if self.eval_rounds > 1 else {}
-        bare = {"no_reasoning_overall": res["modes"]["no_reasoning"]["overall"]} if "no_reasoning" in res["modes"] else {}
+        bare = res["modes"].get("no_reasoning")
+        bare = {"no_reasoning_overall": bare["overall"]} if bare else {}
         edits = res.get("editing")
         edited = {"editing_overall": edits["overall"], **edits["per_kind"]} if edits else {}
         return {"overall": table["overall"], **looked, **bare, **table["per_category"], **edited}
