@@ -51,7 +51,9 @@ class LoopConfig:
     output_dir: str = "runs/unigrpo"
     save_every: int = bounded(100, ge=1, help="iterations between checkpoints")
     eval_every: int = bounded(100, ge=1, help="iterations between held-out evaluations (task.eval_* set their size)")
-    bf16_autocast: bool = True      # on CUDA only: the rollout and the loss alike (and FSDP's bf16 weights)
+    bf16_autocast: bool | None = field(default=None, metadata={"help": (
+        "the rollout and the loss in bf16 autocast (on CUDA also FSDP's bf16 weights); null: on CUDA, "
+        "fp32 on CPU; true: also on CPUs with AMX or AVX-512 BF16 (elsewhere fp32, said at start)")})
     ema_decay: float = bounded(0.0, ge=0, lt=1, help="EMA of the trained weights, used by the held-out "
                                                      "evaluations (0: off)")
 
@@ -135,7 +137,7 @@ def _coerce(key: str, value: Any, current: Any, annotation: Any) -> Any:
     target = type(current) if current is not None else next((a for a in args if a is not type(None)), str)
     if target is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise ValueError(f"{key} must be true or false{', or null' if allows_none else ''}, got {value!r}")
         return value
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -28,6 +28,7 @@ from ..integrity import CheckpointError, check_finite, nonfinite_tensors
 from ..io import atomic_write_text
 from ..ops.dispatch import describe as describe_backend
 from ..policy import UnifiedPolicy
+from ..precision import autocast, bf16_autocast_choice
 from ..rewards import NonFiniteRewardError
 from ..rollout import RolloutBatch, generate_episodes, sharded_sampling
 from ..task import Task, build_task, resolve_device
@@ -166,8 +167,9 @@ class Trainer:
         self._loss = _JointLoss(self.policy, self.ref, shard_ref=fsdp)
         if start_from is not None and not checkpointing.is_sharded(start_from):
             self.policy.load_weights(start_from / "policy")  # whole weights: before sharding
+        self.bf16, why = bf16_autocast_choice(cfg.train.bf16_autocast, self.device)
         if fsdp:
-            sharding.shard(self._loss, self.device, cfg.train.bf16_autocast, cfg.parallel.reshard_after_forward)
+            sharding.shard(self._loss, self.device, self.bf16, cfg.parallel.reshard_after_forward)
         o = cfg.optim
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # frozen parts (LoRA bases, VAE) stay out
         if not trained:
@@ -196,7 +198,9 @@ class Trainer:
                                                 else None, find_unused_parameters=True)
         if self.world.main:  # a slower fallback is never silent
             procs = f"{self.world.size} processes ({self.world.strategy})" if self.world.distributed else "1 process"
-            print(f"unigrpo: {procs} on {self.device}; ops: {describe_backend(self.device)}", file=sys.stderr)
+            precision = f"{'bf16 autocast' if self.bf16 else 'fp32'} ({why})"
+            print(f"unigrpo: {procs} on {self.device}; ops: {describe_backend(self.device)}; precision: {precision}",
+                  file=sys.stderr)
 
     # ------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict[str, Any]:
@@ -271,10 +275,8 @@ class Trainer:
     # -------------------------------------------------------------- the loop
     def _autocast(self):
         """The loss's precision, and the rollout's: the loss recomputes what the rollout
-        recorded, and the image ratio's clip (1e-4) leaves no room for fp32 against bf16.
-        No weight cache: the rollout captures CUDA graphs, which must not hold cached casts."""
-        on = self.device.type == "cuda" and self.cfg.train.bf16_autocast
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on, cache_enabled=False)
+        recorded, and the image ratio's clip (1e-4) leaves no room for fp32 against bf16."""
+        return autocast(self.device, self.bf16)
 
     def train_iteration(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train

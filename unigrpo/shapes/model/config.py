@@ -118,6 +118,8 @@ class ShapesConfig:
         """The ``transformers.Qwen2Config`` of the decoder blocks (SDPA attention)."""
         from transformers import Qwen2Config
 
+        from ...precision import SDPA_FP32_ON_CPU  # registers it with transformers
+
         cfg = Qwen2Config(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -132,5 +134,5 @@ class ShapesConfig:
             use_sliding_window=False,
             tie_word_embeddings=False,
         )
-        cfg._attn_implementation = "sdpa"
+        cfg._attn_implementation = SDPA_FP32_ON_CPU  # SDPA; fp32 on CPU, where its bf16 backward is slow
         return cfg
