@@ -2,7 +2,7 @@
 loss share.
 
 bf16 autocast runs the matrix products in bf16 (weights stay fp32, as do the optimizer's
-states and the gradients it applies). It pays where the device has bf16 matrix units:
+states and the gradients it applies). It can pay where the device has bf16 matrix units:
 every CUDA GPU the trainer targets, and CPUs with AMX or AVX-512 BF16 (on a 2-core Xeon
 with AMX, the built-in model's (5120 x 192) x (192 x 576) product runs at ~2.1 TFLOP/s in
 bf16 against ~0.23 in fp32). Elsewhere oneDNN emulates bf16 and it is slower than fp32, so
@@ -12,7 +12,7 @@ Attention is the exception on CPU: torch's bf16 SDPA backward is ~3x slower than
 (16 x 4 heads x 140 positions x 48 dims: 19 ms against 7 ms forward+backward), so
 :func:`sdpa_fp32_on_cpu` (registered with transformers as ``"sdpa_fp32_on_cpu"``) runs it in
 fp32 on CPU tensors and is plain SDPA elsewhere. The rollout and the loss both use it, so
-the first update's ratio stays 1.
+the image steps' first-update ratio stays exactly 1.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
 def bf16_autocast_choice(setting: bool | None, device: torch.device) -> tuple[bool, str]:
     """Whether a run with ``train.bf16_autocast=setting`` trains in bf16 on ``device``, and why.
-    None (the default): on CUDA only; on CPU, bf16 autocast measured no faster than the drift
-    of a shared 2-core VM and did not learn better (bench/RESULTS.md), so it is asked for with true."""
+    None (the default): on CUDA only. On CPU it is asked for with true: on a 2-core AMX VM
+    whole bf16 runs were faster by no more than the VM's drift and learned less on one of
+    two seeds compared (README, "Seeds and threads"; bench/RESULTS.md)."""
     device = torch.device(device)
     if setting is False:
         return False, "train.bf16_autocast=false"
