@@ -53,6 +53,19 @@ def test_sdpa_fp32_on_cpu_computes_bf16_attention_in_fp32():
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and bool(torch.isfinite(q.grad).all())
 
 
+def test_sdpa_fp32_on_cpu_computes_mixed_inputs_under_autocast_in_fp32():
+    # what the built-in model passes under autocast: q, k fp32 (the rotary embedding's fp32
+    # cos/sin promote them), v bf16; autocast by itself would run SDPA in bf16
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 7, 16), torch.randn(2, 4, 7, 16)
+    v = torch.randn(2, 4, 7, 16, dtype=torch.bfloat16)
+    with autocast(torch.device("cpu"), True):
+        out, _ = sdpa_fp32_on_cpu(_Attn(), q, k, v, None, scaling=0.25)
+    assert out.dtype == torch.float32
+    want = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True, scale=0.25)
+    assert torch.equal(out, want.transpose(1, 2))
+
+
 def test_sdpa_fp32_on_cpu_is_plain_sdpa_for_fp32_inputs():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))

@@ -50,8 +50,7 @@ def bf16_autocast_choice(setting: bool | None, device: torch.device) -> tuple[bo
         return False, "train.bf16_autocast=false"
     if setting is None and device.type != "cuda":
         return False, f"the default on {device.type}; train.bf16_autocast=true for bf16"
-    native, unit = native_bf16(device)
-    return native, unit
+    return native_bf16(device)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -63,9 +62,11 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
 
 
 def sdpa_fp32_on_cpu(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention, computed in fp32 when the tensors are on the CPU (the
-    output returns in the query's dtype); unchanged on other devices."""
-    if query.device.type != "cpu" or query.dtype == torch.float32:
+    """transformers' SDPA attention, computed in fp32 when the tensors are on the CPU, whatever
+    their dtypes and autocast say (the output returns in the query's dtype); unchanged on
+    other devices. Under autocast the rotary embedding leaves q and k in fp32 and v in bf16,
+    and autocast alone would run SDPA in bf16."""
+    if query.device.type != "cpu":
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
