@@ -17,7 +17,7 @@ from tiny_runs import FAST, tiny, toy_task
 
 import unigrpo.train.trainer as trainer_mod
 from unigrpo.train import Trainer, load_config
-from unigrpo.train.distributed import shutdown
+from unigrpo.train.distributed import exit_process, shutdown
 
 real_generate = trainer_mod.generate_episodes
 calls = [0]
@@ -64,3 +64,4 @@ weights = get_model_state_dict(t.policy, options=StateDictOptions(full_state_dic
 if t.world.main:
     torch.save({k: v.clone() for k, v in weights.items()}, out)
 shutdown()  # every rank done with its collectives, then the process group left
+exit_process(0)  # as the CLI ends a torchrun worker: no interpreter teardown beside Gloo threads

@@ -15,10 +15,12 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "dist_worker.py"
+PROBE = HERE / "teardown_probe"  # its sitecustomize prints TEARDOWN_MARK at a teardown with Gloo's threads alive
+TEARDOWN_MARK = "teardown with gloo threads alive"
 
 
 def _env(extra_path=()):
-    paths = [str(HERE.parent), str(HERE), *map(str, extra_path)]
+    paths = [str(HERE.parent), str(HERE), str(PROBE), *map(str, extra_path)]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1"}
 
@@ -26,6 +28,13 @@ def _env(extra_path=()):
 def _torchrun(args, cwd, n=2, timeout=300, extra_path=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *args]
     return subprocess.run(cmd, cwd=cwd, env=_env(extra_path), capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(out):
+    """A torchrun job that finished: exit 0, and no rank went through interpreter teardown
+    with Gloo's threads alive (where one can abort after the run wrote everything)."""
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert TEARDOWN_MARK not in out.stderr, out.stderr[-3000:]
 
 
 def _one_process(tmp_path, name, overrides):
@@ -58,7 +67,7 @@ def test_two_processes_train_what_one_does_on_the_same_episodes(tmp_path, loss, 
         strategy, [f"parallel.strategy={strategy}"])
     two = _torchrun([str(WORKER), str(tmp_path / "two.pt"), str(tmp_path / "two"), *common, *split, *parallel],
                     tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    _ok(two)
     start = __import__("tiny_runs").tiny(0).state_dict()
     noise = max(_max_diff(one, _one_process(tmp_path, name, common + o)) for name, o in orders.items())
     assert _max_diff(one, start) > 1e-2  # three Adam steps of lr 1e-2 moved the weights
@@ -92,7 +101,7 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
             "train.eval_every=2", "task.eval_steps=2", "task.eval_batch_size=1", "train.ema_decay=0.5",
             "--no-progress"]
     two = _torchrun(["-m", "unigrpo.train", *args, "train.iterations=2"], tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    _ok(two)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]  # one writer: no row twice
     assert "eval/overall" in rows[-1] and "reward/mean" in rows[1]
@@ -102,9 +111,9 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
     # resumed on 2 processes it ends exactly as the uninterrupted 2-process run
     full = tmp_path / "full"
     out = _torchrun(["-m", "unigrpo.train", *args, f"train.output_dir={full}", "train.iterations=3"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _ok(out)
     out = _torchrun(["-m", "unigrpo.train", "--resume", str(run), "train.iterations=3", "--no-progress"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _ok(out)
     timeless = lambda d: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # noqa: E731
                           for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert timeless(run) == timeless(full)
@@ -117,7 +126,7 @@ def test_torchrun_cli_writes_once_resumes_exactly_and_on_one_process(tmp_path):
     assert (run / "checkpoint-000003" / "state").is_dir() and (run / "checkpoint-000004" / "policy").is_dir()
     # and back on 2 (FSDP from a one-process checkpoint: whole weights, optimizer and EMA, sharded on load)
     out = _torchrun(["-m", "unigrpo.train", "--resume", str(run), "train.iterations=5", "--no-progress"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _ok(out)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4, 5] and "eval/overall" in rows[-1]
     # the sharded checkpoint's EMA exports too, and is not the trained weights
@@ -187,9 +196,9 @@ def test_a_rank_killed_mid_iteration_resumes_from_the_last_checkpoint(tmp_path):
         marker.unlink()
         resumed = _torchrun(["-m", "unigrpo.train", "--resume", str(tmp_path / "run"), "--no-progress"], tmp_path,
                             extra_path=[tmp_path])
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        _ok(resumed)
         full = _torchrun(args + [f"train.output_dir={tmp_path / 'full'}"], tmp_path, extra_path=[tmp_path])
-        assert full.returncode == 0, full.stderr[-3000:]
+        _ok(full)
     finally:
         del os.environ["KILL_MARKER"]
     timeless = lambda d: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # noqa: E731
@@ -217,7 +226,7 @@ def test_a_real_model_policy_trains_sharded(tmp_path, lora):
                      "train.prompts_per_iteration=2", "rollout.num_generations=2", "rollout.num_inference_steps=2",
                      "rollout.max_reasoning_tokens=4", "train.minibatch_size=2", "train.iterations=2",
                      f"train.output_dir={run}", "--no-progress"], tmp_path, extra_path=[HERE.parent])
-    assert out.returncode == 0, out.stderr[-3000:]
+    _ok(out)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # 4 rounds an iteration in minibatches of 2 (1 a rank): 2 optimizer steps an iteration
     assert [r["iteration"] for r in rows] == [0, 1, 2] and rows[-1]["train/optimizer_steps"] == 4

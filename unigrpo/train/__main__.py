@@ -66,4 +66,7 @@ def main(argv=None) -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed.launched_size() > 1:
+        distributed.exit_process(code)
+    sys.exit(code)

@@ -11,8 +11,11 @@ scaled so that N processes train the objective one process would on the same rou
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -132,10 +135,28 @@ def barrier(world: World) -> None:
 
 def shutdown(finished: bool = True) -> None:
     """Leave the process group (torchrun's processes end cleanly). ``finished``: every rank
-    got to the end, so they meet at a barrier first (a rank that tears Gloo down while a
-    peer still has collectives in flight can abort at exit, "terminate called without an
-    active exception"); after a failure there is no barrier, a failed peer would never come."""
+    got to the end, so they meet at a barrier first (no rank tears Gloo down while a peer
+    still has collectives in flight); after a failure there is no barrier, a failed peer
+    would never come."""
     if dist.is_initialized():
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun worker after :func:`shutdown` without Python's interpreter teardown.
+
+    ``destroy_process_group`` does not free a Gloo group that DTensor's caches still reach
+    (FSDP2's meshes stay in torch's sharding-propagation and redistribution caches), so its
+    worker threads are alive when the interpreter finalizes, where one of them can abort the
+    process ("terminate called without an active exception", exit -6) after a run that
+    finished and wrote everything. Every run file is already written atomically and closed;
+    this flushes what is buffered and leaves at once."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe has nothing left to deliver
+            pass
+    logging.shutdown()
+    os._exit(code)
