@@ -120,3 +120,37 @@ def test_the_fused_text_loss_is_the_composed_one(tmp_path, loss_type):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_one_reference_pass_serves_the_text_kl_and_the_image_penalty(tmp_path):
+    # with loss.beta > 0 the reference's text states (KL) and image contexts (velocity MSE) come
+    # from one teacher-forced pass per minibatch; loss and gradients are those of the two
+    # separate passes each loss takes when not handed them
+    from tiny_runs import PROMPTS
+
+    from unigrpo.rollout import generate_episodes
+    from unigrpo.train.advantages import group_advantages
+    from unigrpo.train.losses import episode_states, image_loss, joint_loss, text_loss
+
+    t = trainer(tmp_path, ["loss.beta=0.05"])
+    batch = generate_episodes(t.policy, PROMPTS, [{}] * 4, t.rewards, t.cfg.rollout, torch.Generator().manual_seed(0))
+    adv = group_advantages(batch.rewards, batch.group_ids, "group", 5.0)
+    cfg, norm = t.cfg.loss, TokenNorm(accumulation=1, step_tokens=50.0, max_tokens=MAX_TOKENS, minibatch_tokens=50.0)
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    passes = []  # the reference's transformer passes over the sequence
+    real = t.ref._text_pass
+    t.ref._text_pass = lambda *a, **k: passes.append(1) or real(*a, **k)
+    joint, _ = joint_loss(t.policy, t.ref, batch, adv, cfg, norm)
+    assert len(passes) == 1
+    g_joint = torch.autograd.grad(joint, params, allow_unused=True)
+
+    hidden, ctx = episode_states(t.policy, batch)
+    lt, _ = text_loss(t.policy, t.ref, batch, adv, cfg, hidden, norm)
+    li, reg, _ = image_loss(t.policy, t.ref, batch, adv, cfg, ctx)
+    assert len(passes) == 3  # each loss alone runs its own
+    apart = lt + cfg.lambda_img * li + cfg.beta_v * reg
+    torch.testing.assert_close(joint, apart, rtol=1e-5, atol=1e-7)
+    for a, b in zip(g_joint, torch.autograd.grad(apart, params, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

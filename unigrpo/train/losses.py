@@ -143,8 +143,9 @@ def episode_states(model: UnifiedPolicy, mb: RolloutBatch, text: bool = True,
 
 
 def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
-              hidden: Tensor, norm: TokenNorm) -> tuple[Tensor, dict[str, Tensor]]:
-    """hidden: the policy's teacher-forced states of ``mb.ids`` (B, L, H). The loss comes
+              hidden: Tensor, norm: TokenNorm, ref_hidden: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """hidden: the policy's teacher-forced states of ``mb.ids`` (B, L, H); ``ref_hidden``: the
+    reference's, for the KL (``loss.beta > 0``; computed here when not given). The loss comes
     straight from ``hidden`` and the LM head (:func:`unigrpo.ops.fused_linear_grpo_loss`:
     the (tokens, V) logits never exist whole, and their gradients are formed in the same pass)."""
     start = mb.reasoning_start
@@ -156,7 +157,8 @@ def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch
     ref_logp = None
     if cfg.beta > 0 and ref is not None:
         with torch.no_grad():
-            ref_hidden, _ = episode_states(ref, mb, image=False)
+            if ref_hidden is None:
+                ref_hidden, _ = episode_states(ref, mb, image=False)
             ref_logp = hidden_token_logprobs(ref_hidden, ref.lm_head_weight, mb.ids, mb.mask, mb.temperature,
                                              start).reshape(-1)
     out = ops.fused_linear_grpo_loss(
@@ -172,10 +174,11 @@ def text_loss(policy: UnifiedPolicy, ref: UnifiedPolicy | None, mb: RolloutBatch
 
 
 def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv: Tensor, cfg: LossConfig,
-               ctx: ImageContext) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+               ctx: ImageContext, ref_ctx: ImageContext | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """(mean clipped surrogate, mean penalty, stats) over the trained (episode, image, step)
     triples. ctx: the policy's image contexts of the minibatch (:func:`episode_states`, with
-    autograd history unless ``image_context_grad`` is off)."""
+    autograd history unless ``image_context_grad`` is off); ``ref_ctx``: the reference's, for
+    the penalty (computed here when not given)."""
     if cfg.grpo_guard and mb.step_noise is None:
         raise ValueError("loss.grpo_guard needs the rollout's step noise: an SDE rollout (rollout.noise_level > 0) "
                          "generated with keep_noise=True")
@@ -197,8 +200,9 @@ def image_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
         v_ref = v.detach()
     else:
         with torch.no_grad():
-            ref_ctx = episode_states(ref, mb, text=False)[1].select(images)
-            v_ref = guided_velocity(ref, x, sig, ref_ctx, uncond_context(ref), mb.guidance_scale)
+            if ref_ctx is None:
+                ref_ctx = episode_states(ref, mb, text=False)[1]
+            v_ref = guided_velocity(ref, x, sig, ref_ctx.select(images), uncond_context(ref), mb.guidance_scale)
     out = ops.flow_grpo_step_loss(v, v_ref, x, x_next, sig, sig_next, mb.step_logprobs[rows, rounds, steps], adv[rows],
                                   noise_level=mb.noise_level, clip_range=cfg.clip_range, penalty=cfg.image_penalty,
                                   noise=mb.step_noise[rows, rounds, steps] if cfg.grpo_guard else None)
@@ -216,16 +220,23 @@ def joint_loss(policy: UnifiedPolicy, ref: UnifiedPolicy, mb: RolloutBatch, adv:
         hidden, ctx = episode_states(policy, mb, cfg.train_text, cfg.train_image)
     if ctx is not None and not cfg.image_context_grad:
         ctx = ctx.detach()
+    # the reference's states for the text KL and the image penalty: one pass serves both
+    ref_text = cfg.train_text and cfg.beta > 0 and ref is not None
+    ref_image = cfg.train_image and cfg.image_penalty != "none"
+    ref_hidden = ref_ctx = None
+    if ref_text or ref_image:
+        with torch.no_grad():
+            ref_hidden, ref_ctx = episode_states(ref, mb, ref_text, ref_image)
     total = torch.zeros((), device=adv.device)
     if cfg.train_text:
-        lt, s = text_loss(policy, ref, mb, adv, cfg, hidden, norm)
+        lt, s = text_loss(policy, ref, mb, adv, cfg, hidden, norm, ref_hidden)
         total = total + lt
         # back to this rank's share, before accumulation and the token sums' rank factor
         scale = (1 if cfg.loss_type == "dapo" else norm.accumulation) / (
             norm.ranks if cfg.loss_type in TOKEN_SUM_TYPES else 1)
         stats.update(s, **{"loss/text": lt.detach() * scale})
     if cfg.train_image:
-        li, reg, s = image_loss(policy, ref, mb, adv, cfg, ctx)
+        li, reg, s = image_loss(policy, ref, mb, adv, cfg, ctx, ref_ctx)
         image_total = cfg.lambda_img * li + cfg.beta_v * reg
         total = total + image_total / norm.accumulation
         stats.update(s, **{"loss/image": li.detach(), "loss/reg": reg.detach()})
